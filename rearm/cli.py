@@ -1,0 +1,42 @@
+"""The `rearm` command. Each subcommand lives in a module under rearm/commands; this file only
+assembles the parser and turns rearm's own errors into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rearm import __version__
+from rearm.errors import RearmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rearm.commands import COMMANDS
+
+    parser = argparse.ArgumentParser(
+        prog="rearm",
+        description="Train, evaluate, compare and use graph-based multi-modal recommenders.",
+    )
+    parser.add_argument("--version", action="version", version=f"rearm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except RearmError as error:
+        print(f"rearm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rearm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The one interaction representation used everywhere in rearm.
+
+Train / valid / test interactions are binary scipy CSR matrices of shape [num_users, num_items] with
+item ids from 0 (no users-then-items node offset; that exists only inside the bipartite-graph
+builder). Item modality features are an open-ended named mapping `{name: float32 [num_items, dim]}`.
+Everything is validated once, here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from rearm.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Interactions and item modality features of one data set.
+
+    Attributes:
+        num_users, num_items: sizes; user and item indices are 0..n-1.
+        train, valid, test: binary float32 CSR [num_users, num_items], sorted indices, no duplicates.
+        features: {modality name: float32 array [num_items, dim]}; any number of modalities.
+        user_ids, item_ids: external ids (index -> id) where the source had them, else None.
+        format: which reader produced it ("rearm", "mmrec", "tabular", "synthetic", "memory").
+        source: the path it was read from, if any.
+        notes: what validation found and how it was handled (duplicates, cross-split repeats, ...).
+        files: {logical name: path} of the files read, for provenance hashes.
+    """
+
+    num_users: int
+    num_items: int
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    user_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    format: str = "memory"
+    source: str | None = None
+    notes: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> sp.csr_matrix:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def fingerprint(self) -> str:
+        """A content hash of interactions and features (for graph caches and run records)."""
+        digest = hashlib.sha256()
+        digest.update(f"{self.num_users},{self.num_items}".encode())
+        for name in SPLITS:
+            matrix = self.split(name)
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(matrix.indptr, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(matrix.indices, dtype=np.int64).tobytes())
+        for name in sorted(self.features):
+            array = self.features[name]
+            digest.update(f"{name}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Mapping[str, np.ndarray],
+        features: Mapping[str, np.ndarray] | None = None,
+        *,
+        num_users: int | None = None,
+        num_items: int | None = None,
+        source: str | None = None,
+        format: str = "memory",
+        user_ids: np.ndarray | None = None,
+        item_ids: np.ndarray | None = None,
+        files: Mapping[str, str] | None = None,
+        feature_files: Mapping[str, str] | None = None,
+    ) -> Dataset:
+        """Build a validated Dataset from (2, N) int arrays of (user, item) pairs per split.
+
+        Rules (documented in the README):
+          * a (user, item) pair repeated inside one split is kept once; the count is reported;
+          * a pair that occurs in several splits is kept in the earliest of train, valid, test
+            and dropped from the later ones (a train pair is masked at evaluation anyway; a
+            valid pair repeated in test would be a leaked answer); the counts are reported;
+          * users or items that occur only in valid / test are allowed and reported.
+        """
+        where = source or "<memory>"
+        files = dict(files or {})
+        arrays = {}
+        for name in SPLITS:
+            if name not in pairs:
+                raise DataError(f"{where}: split {name!r} is missing")
+            arrays[name] = _check_pairs(pairs[name], files.get(name, where), name)
+        if arrays["train"].shape[1] == 0:
+            raise DataError(f"{files.get('train', where)}: train split is empty")
+
+        max_user = max(int(a[0].max(initial=-1)) for a in arrays.values())
+        max_item = max(int(a[1].max(initial=-1)) for a in arrays.values())
+        num_users = max_user + 1 if num_users is None else int(num_users)
+        num_items = max_item + 1 if num_items is None else int(num_items)
+        for name, array in arrays.items():
+            label = files.get(name, where)
+            if array.shape[1] and int(array[0].max()) >= num_users:
+                raise DataError(
+                    f"{label}: user id {int(array[0].max())} out of range (num_users={num_users})"
+                )
+            if array.shape[1] and int(array[1].max()) >= num_items:
+                raise DataError(
+                    f"{label}: item id {int(array[1].max())} out of range (num_items={num_items})"
+                )
+
+        notes: dict = {"duplicates_within_split": {}, "repeated_across_splits": {}}
+        matrices: dict[str, sp.csr_matrix] = {}
+        seen_keys = np.empty(0, dtype=np.int64)
+        for name in SPLITS:
+            users, items = arrays[name]
+            keys = users.astype(np.int64) * num_items + items.astype(np.int64)
+            unique = np.unique(keys)
+            notes["duplicates_within_split"][name] = int(len(keys) - len(unique))
+            repeated = np.isin(unique, seen_keys, assume_unique=True)
+            notes["repeated_across_splits"][name] = int(repeated.sum())
+            unique = unique[~repeated]
+            seen_keys = np.union1d(seen_keys, unique)
+            matrices[name] = _csr_from_keys(unique, num_users, num_items)
+
+        train_users = np.diff(matrices["train"].indptr) > 0
+        train_items = np.bincount(matrices["train"].indices, minlength=num_items) > 0
+        any_users = np.zeros(num_users, dtype=bool)
+        any_items = np.zeros(num_items, dtype=bool)
+        for matrix in matrices.values():
+            any_users |= np.diff(matrix.indptr) > 0
+            any_items |= np.bincount(matrix.indices, minlength=num_items) > 0
+        notes["users_without_train"] = int((~train_users & any_users).sum())
+        notes["items_without_train"] = int((~train_items & any_items).sum())
+        notes["users_without_interactions"] = int((~any_users).sum())
+        notes["items_without_interactions"] = int((~any_items).sum())
+
+        checked = {}
+        feature_files = dict(feature_files or {})
+        for name, array in (features or {}).items():
+            checked[name] = check_features(
+                array, name, num_items, feature_files.get(name, f"{where} (modality {name!r})")
+            )
+        files.update({f"{name}_feat": path for name, path in feature_files.items()})
+        return cls(
+            num_users=num_users,
+            num_items=num_items,
+            train=matrices["train"],
+            valid=matrices["valid"],
+            test=matrices["test"],
+            features=checked,
+            user_ids=user_ids,
+            item_ids=item_ids,
+            format=format,
+            source=source,
+            notes=notes,
+            files=files,
+        )
+
+
+def _check_pairs(array: np.ndarray, label: str, split: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[0] != 2:
+        raise DataError(
+            f"{label}: {split} pairs must have shape (2, N) (row 0 users, row 1 items), "
+            f"got {array.shape}"
+        )
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise DataError(f"{label}: {split} ids must be integers, found non-integer values")
+        array = array.astype(np.int64)
+    elif array.dtype.kind == "b":
+        raise DataError(f"{label}: {split} ids must be integers, got dtype bool")
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{label}: {split} ids must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if array.size and array.min() < 0:
+        which = "user" if array[0].min() < 0 else "item"
+        raise DataError(f"{label}: negative {which} id {int(array.min())} in {split}")
+    return array
+
+
+def _csr_from_keys(keys: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
+    users, items = np.divmod(keys, num_items)
+    matrix = sp.csr_matrix(
+        (np.ones(len(keys), dtype=np.float32), (users, items)), shape=(num_users, num_items)
+    )
+    matrix.sort_indices()
+    return matrix
+
+
+def check_features(array: np.ndarray, name: str, num_items: int, label: str) -> np.ndarray:
+    """Validate one modality table: 2-D, one row per item, finite; returned as float32."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise DataError(f"{label}: modality {name!r} features must be 2-D, got shape {array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise DataError(f"{label}: modality {name!r} features must be numeric, got {array.dtype}")
+    if array.shape[0] != num_items:
+        raise DataError(
+            f"{label}: modality {name!r} has {array.shape[0]} rows but the data set has "
+            f"{num_items} items"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        kind = "NaN" if np.isnan(array).any() else "Inf"
+        raise DataError(
+            f"{label}: modality {name!r} contains {kind} values in {len(bad_rows)} rows "
+            f"(first row {int(bad_rows[0])})"
+        )
+    return array

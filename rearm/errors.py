@@ -1,0 +1,25 @@
+"""Exception types. Every user-facing failure is one of these, with a one-line message that names
+the file (or option), the field and the problem; the CLI turns them into exit code 2."""
+
+
+class RearmError(Exception):
+    """Base class of every error rearm raises on purpose."""
+
+
+class DataError(RearmError, ValueError):
+    """An input data set is missing, unreadable or invalid."""
+
+
+class ConfigError(RearmError, ValueError):
+    """A configuration key, value or preset is unknown or has the wrong type."""
+
+
+class RunError(RearmError):
+    """A run directory or saved model bundle is missing or inconsistent."""
+
+
+class UnknownUserError(RearmError, KeyError):
+    """A user id asked for in `recommend` is not in the model's id map."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
