@@ -1,0 +1,160 @@
+"""The contract every model implements, so that one trainer, one evaluator and one run format
+serve REARM and all baselines alike.
+
+A model is a torch module with:
+  * `embed() -> (user_repr [U, D], item_repr [I, D])`: final representations; the score of (u, i)
+    is always their inner product, so a saved model needs only these two tables to recommend;
+  * `loss(users, pos_items, neg_items) -> {name: scalar}`: named, already weighted loss terms of a
+    batch; the trainer minimises their sum;
+  * `score(users) -> [B, I]`: raw scores (masking belongs to evaluation, never to the model);
+  * `on_epoch_start(epoch, generator)`: optional per-epoch work (e.g. FREEDOM's edge pruning);
+  * `from_dataset(dataset, *, graph_cache, seed, progress, **hyperparameters)`: build the graphs it
+    needs from a Dataset (pure graph builders) and construct the module. Its keyword-only
+    parameters with type annotations ARE the model's configuration: they are validated by
+    `hyperparameters()` and `validate_hyperparameters()`, unknown keys and wrong types fail.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from rearm.errors import ConfigError
+
+# Keyword arguments of from_dataset that are plumbing, not hyperparameters.
+_PLUMBING = {"dataset", "graph_cache", "seed", "progress"}
+
+
+class Recommender(nn.Module):
+    """Base class of every model (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    # training keys this model defaults to (e.g. its paper's learning rate); presets override
+    training_defaults: ClassVar[dict[str, Any]] = {}
+
+    def embed(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def score(self, users: Tensor, embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """users: LongTensor [B] -> scores [B, num_items]."""
+        user_repr, item_repr = embeddings if embeddings is not None else self.embed()
+        return user_repr[users] @ item_repr.T
+
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        """Per-epoch hook; most models need none."""
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> Recommender:
+        raise NotImplementedError
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, tuple[Any, Any]]:
+        """{name: (annotation, default)} of the keyword-only arguments of from_dataset."""
+        hints = typing.get_type_hints(cls.from_dataset)
+        out = {}
+        for name, parameter in inspect.signature(cls.from_dataset).parameters.items():
+            if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or name in _PLUMBING:
+                continue
+            out[name] = (hints.get(name, Any), parameter.default)
+        return out
+
+    @classmethod
+    def validate_hyperparameters(cls, values: Mapping[str, Any], where: str = "config") -> dict:
+        """Check names and types against hyperparameters(); return a complete dict (defaults
+        filled in). Integers are accepted where floats are expected; nothing else is coerced."""
+        known = cls.hyperparameters()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown hyperparameter {unknown[0]!r} for model {cls.name!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        resolved = {}
+        for name, (annotation, default) in known.items():
+            value = values.get(name, default)
+            resolved[name] = check_type(value, annotation, f"{where}: {name}")
+        return resolved
+
+
+def check_type(value: Any, annotation: Any, label: str) -> Any:
+    """Validate `value` against a (simple) type annotation; return it, ints widened to float."""
+    ok, value = _matches(value, annotation)
+    if not ok:
+        raise ConfigError(f"{label} must be {_describe(annotation)}, got {value!r}")
+    return value
+
+
+def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
+    if annotation is Any:
+        return True, value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _matches(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is typing.Literal:
+        return value in args, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int | float):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin in (dict, Mapping) or annotation in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            return False, value
+        key_type, value_type = args if args else (Any, Any)
+        converted = {}
+        for key, item in value.items():
+            ok_key, key = _matches(key, key_type)
+            ok_value, item = _matches(item, value_type)
+            if not (ok_key and ok_value):
+                return False, value
+            converted[key] = item
+        return True, converted
+    if origin in (tuple, list) or annotation in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False, value
+        item_type = args[0] if args else Any
+        converted = []
+        for item in value:
+            ok, item = _matches(item, item_type)
+            if not ok:
+                return False, value
+            converted.append(item)
+        return True, tuple(converted) if origin is tuple else converted
+    return isinstance(value, annotation), value
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+ProgressFn = Callable[[str], None]

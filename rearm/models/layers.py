@@ -1,0 +1,197 @@
+"""Small building blocks shared by every model: graph propagation, the REARM attention block, the
+meta-network and the loss terms. Models compose these; none of them knows about data files."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def propagate(graph: Tensor, x: Tensor, num_layers: int, combine: str = "mean") -> Tensor:
+    """Apply `x <- graph @ x` num_layers times.
+
+    Args:
+        graph: sparse [n, n] (torch sparse CSR or COO).
+        x: dense [n, dim].
+        combine: "mean" averages x, graph x, ..., graph^L x (LightGCN); "last" keeps graph^L x
+            (REARM's homograph propagation).
+    Returns: dense [n, dim].
+    """
+    if combine not in ("mean", "last"):
+        raise ValueError(f"combine must be 'mean' or 'last', got {combine!r}")
+    if num_layers == 0:
+        return x
+    total = x if combine == "mean" else None
+    for _ in range(num_layers):
+        x = torch.sparse.mm(graph, x)
+        if total is not None:
+            total = total + x
+    return total / (num_layers + 1) if total is not None else x
+
+
+class ScalarTokenAttention(nn.Module):
+    """`nn.MultiheadAttention(embed_dim=1, num_heads=1)` applied to a batch of length-d sequences
+    whose tokens are the d coordinates of an embedding (REARM section 4), written with batched
+    matrix products. Parameters, initialisation and the dropout on attention weights match
+    nn.MultiheadAttention; it is tested against it."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.empty(3, 1))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3))
+        self.out_proj = nn.Linear(1, 1)
+        self.dropout = dropout
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
+        """query, key_value: [n, d] -> [n, d] (each row is one sequence of d scalar tokens)."""
+        w = self.in_proj_weight[:, 0]
+        b = self.in_proj_bias
+        q = query * w[0] + b[0]
+        k = key_value * w[1] + b[1]
+        v = key_value * w[2] + b[2]
+        # scale 1/sqrt(head_dim) with head_dim = 1
+        weights = torch.softmax(q.unsqueeze(2) * k.unsqueeze(1), dim=-1)  # [n, d, d]
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, p=self.dropout)
+        out = torch.bmm(weights, v.unsqueeze(2)).squeeze(2)
+        return self.out_proj.weight[0, 0] * out + self.out_proj.bias[0]
+
+
+class ModalityAttention(nn.Module):
+    """REARM's item attention block over any number of modality views (section 4).
+
+    a_m = act(LN(f_m + SelfAttn_m(f_m))); with two or more modalities
+    c_m = act(LN(a_m + mean_{m' != m} CrossAttn_m(query=a_m', key=value=a_m))), which for image +
+    text is exactly the paper's c_v (query a_t) and c_t (query a_v). With one modality c = a.
+    """
+
+    def __init__(
+        self,
+        num_modalities: int,
+        dim: int,
+        self_dropout: float,
+        cross_dropout: float,
+        norm: nn.LayerNorm,
+        activation: nn.Module,
+        use_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm = norm
+        self.activation = activation
+        self.use_attention = use_attention
+        self.self_attention = nn.ModuleList(
+            ScalarTokenAttention(self_dropout) for _ in range(num_modalities)
+        )
+        self.cross_attention = nn.ModuleList(
+            ScalarTokenAttention(cross_dropout)
+            for _ in range(num_modalities if num_modalities > 1 else 0)
+        )
+
+    def forward(self, views: list[Tensor]) -> list[Tensor]:
+        if not self.use_attention:
+            return [self.activation(view) for view in views]
+        attended = [
+            self.activation(self.norm(view + attention(view, view)))
+            for view, attention in zip(views, self.self_attention)
+        ]
+        if len(attended) == 1:
+            return attended
+        crossed = []
+        for m, (view, attention) in enumerate(zip(attended, self.cross_attention)):
+            others = [attention(other, view) for j, other in enumerate(attended) if j != m]
+            crossed.append(self.activation(self.norm(view + torch.stack(others).mean(0))))
+        return crossed
+
+
+class LowRankMLP(nn.Module):
+    """Linear(d -> d r) -> PReLU -> Linear(d r -> d r) -> L2-normalise (section 6)."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(dim, dim * rank)
+        self.activation = nn.PReLU()
+        self.second = nn.Linear(dim * rank, dim * rank)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.second(self.activation(self.first(x))), dim=-1)
+
+
+class MetaNetwork(nn.Module):
+    """Per-node low-rank transform of the ID embedding from modal-shared knowledge (section 6).
+
+    knowledge k_n = Linear(M d -> d)(F[n]); W1_n = MLP1(k_n) as d x r, W2_n = MLP2(k_n) as r x d;
+    L1_n = softmax_d(W1_n + mean_n W1), L2_n = softmax_r(W2_n + mean_n W2); s_n = E[n] L1_n L2_n.
+    """
+
+    def __init__(self, in_dim: int, dim: int, rank: int, detach_knowledge: bool = True) -> None:
+        super().__init__()
+        self.dim, self.rank = dim, rank
+        self.knowledge = nn.Linear(in_dim, dim)
+        self.first = LowRankMLP(dim, rank)
+        self.second = LowRankMLP(dim, rank)
+        self.detach_knowledge = detach_knowledge
+
+    def forward(self, modal: Tensor, ids: Tensor) -> Tensor:
+        """modal: [n, M d] fused modality views; ids: [n, d] -> s: [n, d]."""
+        knowledge = self.knowledge(modal)
+        if self.detach_knowledge:
+            # [quirk] the reference detaches the knowledge vector, so `self.knowledge` never trains
+            knowledge = knowledge.detach()
+        w1 = self.first(knowledge).view(-1, self.dim, self.rank)
+        w2 = self.second(knowledge).view(-1, self.rank, self.dim)
+        l1 = torch.softmax(w1 + w1.mean(0, keepdim=True), dim=1)
+        l2 = torch.softmax(w2 + w2.mean(0, keepdim=True), dim=1)
+        low = torch.bmm(ids.unsqueeze(1), l1)  # [n, 1, r]
+        return torch.bmm(low, l2).squeeze(1)
+
+
+def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
+    """Mean of -log sigmoid(score(u, i+) - score(u, i-)); both [B]."""
+    return F.softplus(negative - positive).mean()
+
+
+def info_nce(anchor: Tensor, candidate: Tensor, temperature: float) -> Tensor:
+    """InfoNCE between two views of the same nodes: rows are L2-normalised; the positive of row n
+    is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d]."""
+    logits = F.normalize(anchor, dim=1) @ F.normalize(candidate, dim=1).T / temperature
+    return -torch.diagonal(torch.log_softmax(logits, dim=1)).mean()
+
+
+def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
+    """REARM's "diff" loss: centre both views over the batch, divide each row by its detached L2
+    norm, return the mean squared entry of first^T second ([d, d]). first, second: [B, d]."""
+    first = first - first.mean(0, keepdim=True)
+    second = second - second.mean(0, keepdim=True)
+    first = first / (first.norm(dim=1, keepdim=True).detach().clamp_min(1e-12))
+    second = second / (second.norm(dim=1, keepdim=True).detach().clamp_min(1e-12))
+    return (first.T @ second).pow(2).mean()
+
+
+def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_normal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def normal_embedding(num: int, dim: int, std: float = 0.1) -> nn.Embedding:
+    table = nn.Embedding(num, dim)
+    nn.init.normal_(table.weight, std=std)
+    return table
+
+
+__all__ = [
+    "LowRankMLP",
+    "MetaNetwork",
+    "ModalityAttention",
+    "ScalarTokenAttention",
+    "bpr_loss",
+    "info_nce",
+    "normal_embedding",
+    "orthogonal_loss",
+    "propagate",
+    "xavier_linear",
+]

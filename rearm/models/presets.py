@@ -1,0 +1,85 @@
+"""Published settings by model and data set. A preset is a partial run configuration with
+`hyperparameters` (the model's from_dataset keywords) and `training` keys; anything can be
+overridden key by key."""
+
+from __future__ import annotations
+
+from rearm.errors import ConfigError
+
+# REARM_SPEC.md section 10 (reference README). Shared: d = 64, batch 2048, lr 5e-5, AdamW,
+# up to 2000 epochs, patience 20, seed 2025; reg_weight is AdamW's weight decay.
+_REARM = {
+    "baby": {
+        "hyperparameters": {
+            "num_layers": 4,
+            "rank": 3,
+            "self_attention_dropout": 0.4,
+            "cross_attention_dropout": 0.6,
+            "user_image_weight": 0.2,
+            "item_image_weight": 0.0,
+            "user_cooccurrence_weight": 0.4,
+            "item_cooccurrence_weight": 0.2,
+            "user_knn_k": 40,
+            "item_knn_k": 10,
+            "user_homograph_layers": 1,
+            "item_homograph_layers": 1,
+            "contrastive_temperature": 0.6,
+            "contrastive_weight": 5e-6,
+            "orthogonal_weight": 5e-5,
+        },
+        "training": {"weight_decay": 5e-4},
+    },
+    "sports": {
+        "hyperparameters": {
+            "num_layers": 5,
+            "rank": 7,
+            # [quirk] s_drop = 1.0 drops every self-attention weight while training
+            "self_attention_dropout": 1.0,
+            "cross_attention_dropout": 0.2,
+            "user_image_weight": 0.0,
+            "item_image_weight": 0.2,
+            "user_cooccurrence_weight": 0.9,
+            "item_cooccurrence_weight": 0.2,
+            "user_knn_k": 25,
+            "item_knn_k": 5,
+            "user_homograph_layers": 2,
+            "item_homograph_layers": 2,
+            "contrastive_temperature": 1.5,
+            "contrastive_weight": 1e-3,
+            "orthogonal_weight": 5e-4,
+        },
+        "training": {"weight_decay": 5e-2},
+    },
+    "clothing": {
+        "hyperparameters": {
+            "num_layers": 4,
+            "rank": 3,
+            "self_attention_dropout": 0.4,
+            "cross_attention_dropout": 0.1,
+            "user_image_weight": 0.1,
+            "item_image_weight": 0.1,
+            "user_cooccurrence_weight": 0.7,
+            "item_cooccurrence_weight": 0.1,
+            "user_knn_k": 45,
+            "item_knn_k": 10,
+            "user_homograph_layers": 1,
+            "item_homograph_layers": 1,
+            "contrastive_temperature": 0.03,
+            "contrastive_weight": 1e-6,
+            "orthogonal_weight": 1e-5,
+        },
+        "training": {"weight_decay": 1e-5},
+    },
+}
+
+PRESETS: dict[str, dict[str, dict]] = {"rearm": _REARM}
+
+
+def get_preset(model: str, name: str) -> dict:
+    """The preset `name` for `model` (a deep copy), or ConfigError listing what exists."""
+    available = PRESETS.get(model, {})
+    if name not in available:
+        known = ", ".join(sorted(available)) or "none"
+        raise ConfigError(f"--preset: unknown preset {name!r} for model {model!r} (known: {known})")
+    preset = available[name]
+    return {section: dict(values) for section, values in preset.items()}

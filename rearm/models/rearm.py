@@ -1,0 +1,355 @@
+"""REARM (Ma, Zeng, Wu, Xu, ACM MM 2025), as specified in docs REARM_SPEC.md sections 3-8.
+
+Pipeline of one full forward over all nodes:
+  homography learning (item / user homographs, last layer, row-normalised)
+  -> item attention over modality views, user views through the activation only
+  -> LightGCN on the bipartite graph (layer mean) for modality views and ID embeddings together
+  -> meta-network: per-node rank-r transform of the ID embedding from modal-shared knowledge
+  -> h_n = [act(F_m[n]) + E[n] for each modality m | act(s_n) + E[n]], score = <h_u, h_i>.
+Any number of modalities >= 1 is supported; with one modality the contrastive and orthogonality
+terms have nothing to compare and are absent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rearm.models.base import ProgressFn, Recommender
+from rearm.models.layers import (
+    MetaNetwork,
+    ModalityAttention,
+    bpr_loss,
+    info_nce,
+    normal_embedding,
+    orthogonal_loss,
+    propagate,
+    xavier_linear,
+)
+
+
+class REARM(Recommender):
+    """REARM over pre-built graphs and item features.
+
+    Args:
+        item_features: {modality: [I, D_m]} initial item modality tables X_m.
+        user_features: {modality: [U, D_m]} initial user preference tables P_m (mean of the
+            user's train items' features), same modality order as item_features.
+        bipartite: sparse [(U+I), (U+I)] normalised user-item graph (users first).
+        item_homograph, user_homograph: sparse [I, I] / [U, U], or None to skip that side's
+            homograph propagation (ablations no_item_graph / no_user_graph / no_homographs).
+        train_feature_tables: [quirk, published True] fine-tune X_m and P_m; False freezes them
+            (far fewer trainable parameters, changes the model).
+        detach_knowledge: [quirk, published True] detach the meta-network's knowledge vector.
+        use_attention, use_meta, use_contrastive, use_orthogonal: ablation switches.
+    """
+
+    name = "rearm"
+    # reference defaults: AdamW lr 5e-5, reg_weight (weight decay) of the baby setting
+    training_defaults = {"learning_rate": 5e-5, "weight_decay": 5e-4}
+
+    def __init__(
+        self,
+        item_features: Mapping[str, Tensor],
+        user_features: Mapping[str, Tensor],
+        bipartite: Tensor,
+        item_homograph: Tensor | None,
+        user_homograph: Tensor | None,
+        *,
+        embedding_dim: int = 64,
+        num_layers: int = 4,
+        user_homograph_layers: int = 1,
+        item_homograph_layers: int = 1,
+        rank: int = 3,
+        self_attention_dropout: float = 0.4,
+        cross_attention_dropout: float = 0.6,
+        contrastive_temperature: float = 0.6,
+        contrastive_weight: float = 5e-6,
+        orthogonal_weight: float = 5e-5,
+        train_feature_tables: bool = True,
+        detach_knowledge: bool = True,
+        use_attention: bool = True,
+        use_meta: bool = True,
+        use_contrastive: bool = True,
+        use_orthogonal: bool = True,
+    ) -> None:
+        super().__init__()
+        if not item_features:
+            raise ValueError("REARM needs at least one modality")
+        if list(item_features) != list(user_features):
+            raise ValueError("item_features and user_features must name the same modalities")
+        self.modalities = list(item_features)
+        first = next(iter(item_features.values()))
+        self.num_items = first.shape[0]
+        self.num_users = next(iter(user_features.values())).shape[0]
+        self.dim = embedding_dim
+        self.num_layers = num_layers
+        self.user_homograph_layers = user_homograph_layers if user_homograph is not None else 0
+        self.item_homograph_layers = item_homograph_layers if item_homograph is not None else 0
+        self.contrastive_temperature = contrastive_temperature
+        self.contrastive_weight = contrastive_weight if use_contrastive else 0.0
+        self.orthogonal_weight = orthogonal_weight if use_orthogonal else 0.0
+        self.use_meta = use_meta
+
+        self.register_buffer("bipartite", bipartite, persistent=False)
+        self.register_buffer("item_homograph", item_homograph, persistent=False)
+        self.register_buffer("user_homograph", user_homograph, persistent=False)
+
+        self.user_id = normal_embedding(self.num_users, embedding_dim)
+        self.item_id = normal_embedding(self.num_items, embedding_dim)
+        self.item_tables = nn.ParameterList(
+            nn.Parameter(
+                torch.as_tensor(item_features[m], dtype=torch.float32).clone(),
+                requires_grad=train_feature_tables,
+            )
+            for m in self.modalities
+        )
+        self.user_tables = nn.ParameterList(
+            nn.Parameter(
+                torch.as_tensor(user_features[m], dtype=torch.float32).clone(),
+                requires_grad=train_feature_tables,
+            )
+            for m in self.modalities
+        )
+        self.item_projections = nn.ModuleList(
+            xavier_linear(table.shape[1], embedding_dim) for table in self.item_tables
+        )
+        self.user_projections = nn.ModuleList(
+            xavier_linear(table.shape[1], embedding_dim) for table in self.user_tables
+        )
+        # one LayerNorm and one PReLU shared by the attention block, the user views and h
+        self.norm = nn.LayerNorm(embedding_dim)
+        self.activation = nn.PReLU()
+        self.attention = ModalityAttention(
+            len(self.modalities),
+            embedding_dim,
+            self_attention_dropout,
+            cross_attention_dropout,
+            self.norm,
+            self.activation,
+            use_attention=use_attention,
+        )
+        fused = len(self.modalities) * embedding_dim
+        if use_meta:
+            self.user_meta = MetaNetwork(fused, embedding_dim, rank, detach_knowledge)
+            self.item_meta = MetaNetwork(fused, embedding_dim, rank, detach_knowledge)
+
+    # ----------------------------------------------------------------------------------------
+    def _homography(
+        self, ids: Tensor, tables, projections, graph: Tensor | None, layers: int
+    ) -> tuple[Tensor, list[Tensor]]:
+        z = torch.cat([ids] + [proj(table) for proj, table in zip(projections, tables)], dim=1)
+        if graph is not None and layers > 0:
+            z = propagate(graph, z, layers, combine="last")
+        z = F.normalize(z, dim=1)
+        parts = z.split(self.dim, dim=1)
+        return parts[0], list(parts[1:])
+
+    def forward_all(self) -> tuple[Tensor, Tensor, Tensor]:
+        """One full forward over all nodes.
+
+        Returns:
+            h: [(U+I), (M+1) d] final representations (M d without the meta block);
+            modal: [(U+I), M d] LightGCN-propagated modality views F;
+            ids: [(U+I), d] LightGCN-propagated ID embeddings E.
+        """
+        item_ids, item_views = self._homography(
+            self.item_id.weight,
+            self.item_tables,
+            self.item_projections,
+            self.item_homograph,
+            self.item_homograph_layers,
+        )
+        user_ids, user_views = self._homography(
+            self.user_id.weight,
+            self.user_tables,
+            self.user_projections,
+            self.user_homograph,
+            self.user_homograph_layers,
+        )
+        item_views = self.attention(item_views)
+        user_views = [self.activation(view) for view in user_views]
+        # modality views and ID embeddings share the graph: propagate them in one product
+        stacked = torch.cat(
+            [
+                torch.cat(user_views + [user_ids], dim=1),
+                torch.cat(item_views + [item_ids], dim=1),
+            ],
+            dim=0,
+        )
+        stacked = propagate(self.bipartite, stacked, self.num_layers, combine="mean")
+        fused = len(self.modalities) * self.dim
+        modal, ids = stacked[:, :fused], stacked[:, fused:]
+        blocks = [self.activation(view) + ids for view in modal.split(self.dim, dim=1)]
+        if self.use_meta:
+            users = self.num_users
+            shared = torch.cat(
+                [
+                    self.user_meta(modal[:users], ids[:users]),
+                    self.item_meta(modal[users:], ids[users:]),
+                ],
+                dim=0,
+            )
+            blocks.append(self.activation(shared) + ids)
+        return torch.cat(blocks, dim=1), modal, ids
+
+    def embed(self) -> tuple[Tensor, Tensor]:
+        h, _, _ = self.forward_all()
+        return h[: self.num_users], h[self.num_users :]
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
+        h, modal, _ = self.forward_all()
+        user_h = h[users]
+        offset = self.num_users
+        positive = (user_h * h[offset + pos_items]).sum(1)
+        negative = (user_h * h[offset + neg_items]).sum(1)
+        terms = {"bpr": bpr_loss(positive, negative)}
+        pairs = list(itertools.combinations(range(len(self.modalities)), 2))
+        if not pairs:
+            return terms
+        views = modal.split(self.dim, dim=1)
+        if self.contrastive_weight > 0:
+            unique_users = torch.unique(users)
+            unique_items = offset + torch.unique(torch.cat([pos_items, neg_items]))
+            contrastive = sum(
+                info_nce(views[a][nodes], views[b][nodes], self.contrastive_temperature)
+                for nodes in (unique_users, unique_items)
+                for a, b in pairs
+            ) / len(pairs)
+            terms["contrastive"] = self.contrastive_weight * contrastive
+        if self.orthogonal_weight > 0:
+            item_nodes = offset + pos_items
+            orthogonal = sum(
+                orthogonal_loss(views[a][nodes], views[b][nodes])
+                for nodes in (users, item_nodes)
+                for a, b in pairs
+            ) / len(pairs)
+            terms["orthogonal"] = self.orthogonal_weight * orthogonal
+        return terms
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset,
+        *,
+        graph_cache=None,
+        seed: int = 2025,
+        progress: ProgressFn | None = None,
+        embedding_dim: int = 64,
+        num_layers: int = 4,
+        user_homograph_layers: int = 1,
+        item_homograph_layers: int = 1,
+        rank: int = 3,
+        self_attention_dropout: float = 0.4,
+        cross_attention_dropout: float = 0.6,
+        contrastive_temperature: float = 0.6,
+        contrastive_weight: float = 5e-6,
+        orthogonal_weight: float = 5e-5,
+        user_knn_k: int = 40,
+        item_knn_k: int = 10,
+        user_image_weight: float = 0.2,
+        item_image_weight: float = 0.0,
+        user_modality_weights: dict[str, float] | None = None,
+        item_modality_weights: dict[str, float] | None = None,
+        user_cooccurrence_weight: float = 0.4,
+        item_cooccurrence_weight: float = 0.2,
+        cooccurrence_weighting: Literal["softmax", "normalized"] = "softmax",
+        cooccurrence_padding: Literal["resample", "none"] = "resample",
+        knn_method: Literal["exact", "faiss"] = "exact",
+        train_feature_tables: bool = True,
+        detach_knowledge: bool = True,
+        no_homographs: bool = False,
+        no_user_graph: bool = False,
+        no_item_graph: bool = False,
+        cooccurrence_only: bool = False,
+        semantic_only: bool = False,
+        no_attention: bool = False,
+        no_meta: bool = False,
+        no_contrastive: bool = False,
+        no_orthogonal: bool = False,
+    ) -> REARM:
+        """Build the graphs REARM needs from `dataset` and construct the model.
+
+        Hyperparameter names follow the paper in full words (reference names in brackets):
+        num_layers [num_layer], user/item_homograph_layers [n_uu/n_ii_layers],
+        self/cross_attention_dropout [s_drop/m_drop], contrastive_temperature [cl_tmp],
+        contrastive_weight [cl_loss_weight], orthogonal_weight [diff_loss_weight],
+        user/item_image_weight [u/i_mm_image_weight], user/item_cooccurrence_weight
+        [uu/ii_co_weight]. Ablations (paper section 11): no_homographs, no_meta, no_orthogonal,
+        no_user_graph, no_item_graph, cooccurrence_only, semantic_only, no_attention,
+        no_contrastive.
+        """
+        from rearm.errors import ConfigError
+        from rearm.graphs import bipartite_graph, build_homographs, user_interest
+
+        if not dataset.features:
+            raise ConfigError(
+                f"{dataset.source or 'dataset'}: REARM needs at least one item modality "
+                "(no <name>_feat.npy found)"
+            )
+        if cooccurrence_only and semantic_only:
+            raise ConfigError("cooccurrence_only and semantic_only exclude each other")
+        user_alpha = (
+            1.0 if cooccurrence_only else 0.0 if semantic_only else user_cooccurrence_weight
+        )
+        item_alpha = (
+            1.0 if cooccurrence_only else 0.0 if semantic_only else item_cooccurrence_weight
+        )
+        build_user = not (no_homographs or no_user_graph)
+        build_item = not (no_homographs or no_item_graph)
+        homographs = build_homographs(
+            dataset,
+            build_user=build_user,
+            build_item=build_item,
+            user_knn_k=user_knn_k,
+            item_knn_k=item_knn_k,
+            user_image_weight=user_image_weight,
+            item_image_weight=item_image_weight,
+            user_modality_weights=user_modality_weights,
+            item_modality_weights=item_modality_weights,
+            user_cooccurrence_weight=user_alpha,
+            item_cooccurrence_weight=item_alpha,
+            cooccurrence_weighting=cooccurrence_weighting,
+            cooccurrence_padding=cooccurrence_padding,
+            knn_method=knn_method,
+            seed=seed,
+            cache=graph_cache,
+            progress=progress,
+        )
+        user_features = {
+            name: homographs.user_interest_features.get(name)
+            if homographs.user_interest_features.get(name) is not None
+            else user_interest(dataset.train, features)
+            for name, features in dataset.features.items()
+        }
+        item_features = {name: np.asarray(x) for name, x in dataset.features.items()}
+        return cls(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item_features.items()},
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in user_features.items()},
+            bipartite_graph(dataset.train),
+            homographs.item_homograph,
+            homographs.user_homograph,
+            embedding_dim=embedding_dim,
+            num_layers=num_layers,
+            user_homograph_layers=user_homograph_layers,
+            item_homograph_layers=item_homograph_layers,
+            rank=rank,
+            self_attention_dropout=self_attention_dropout,
+            cross_attention_dropout=cross_attention_dropout,
+            contrastive_temperature=contrastive_temperature,
+            contrastive_weight=contrastive_weight,
+            orthogonal_weight=orthogonal_weight,
+            train_feature_tables=train_feature_tables,
+            detach_knowledge=detach_knowledge,
+            use_attention=not no_attention,
+            use_meta=not no_meta,
+            use_contrastive=not no_contrastive,
+            use_orthogonal=not no_orthogonal,
+        )
