@@ -1,0 +1,216 @@
+"""Saved model bundles: everything needed to evaluate and recommend on a CPU without the training
+data files or the graphs.
+
+Every model's score is the inner product of its final user and item representations, so a bundle
+stores those two tables next to the weights, the resolved configuration, the id maps and the
+interactions (train to filter seen items; valid and test to re-evaluate).
+
+Layout of RUN_DIR/model/:
+  bundle.json        format version, model name, sizes, protocol, resolved config
+  embeddings.npz     user [U, D], item [I, D] float32
+  interactions.npz   CSR index arrays of train / valid / test
+  ids.json           external user and item ids (index -> id), or null
+  weights.pt         the model's state_dict (for fine-tuning or inspection)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from rearm.data.dataset import SPLITS
+from rearm.errors import RunError, UnknownUserError
+from rearm.io import atomic_open, write_json
+
+BUNDLE_VERSION = 1
+BUNDLE_DIR = "model"
+
+
+@dataclass
+class Bundle:
+    meta: dict
+    user_repr: np.ndarray
+    item_repr: np.ndarray
+    interactions: dict[str, sp.csr_matrix]
+    user_ids: list | None
+    item_ids: list | None
+
+    @property
+    def num_users(self) -> int:
+        return self.user_repr.shape[0]
+
+    @property
+    def num_items(self) -> int:
+        return self.item_repr.shape[0]
+
+    def evaluate(self, split: str, batch_size: int = 1024) -> dict[str, float]:
+        """Full-ranking metrics of the saved representations under the run's protocol."""
+        from rearm.evaluation import evaluate_model
+        from rearm.evaluation.protocol import get_protocol
+
+        if split not in ("valid", "test"):
+            raise RunError(f"--split: expected valid or test, got {split!r}")
+        protocol = get_protocol(self.meta["protocol"])
+        users = torch.from_numpy(self.user_repr)
+        items = torch.from_numpy(self.item_repr)
+        masked = protocol.mask_at_valid if split == "valid" else protocol.mask_at_test
+        mask = _union([self.interactions[name] for name in masked])
+        return evaluate_model(
+            lambda index: users[index] @ items.T,
+            self.interactions[split],
+            mask,
+            ks=protocol.ks,
+            batch_size=batch_size,
+        )
+
+    def user_index(self, external: list[str]) -> np.ndarray:
+        """Map external user ids (strings as typed by a person) to indices."""
+        if self.user_ids is None:
+            lookup = {str(i): i for i in range(self.num_users)}
+        else:
+            lookup = {str(uid): i for i, uid in enumerate(self.user_ids)}
+        missing = [uid for uid in external if uid not in lookup]
+        if missing:
+            raise UnknownUserError(
+                f"unknown user id {missing[0]!r}: the model knows {self.num_users} users "
+                + (
+                    f"(ids 0..{self.num_users - 1})"
+                    if self.user_ids is None
+                    else f"(e.g. {', '.join(map(str, self.user_ids[:3]))})"
+                )
+            )
+        return np.array([lookup[uid] for uid in external], dtype=np.int64)
+
+    def recommend(self, external_users: list[str], k: int = 20) -> list[dict[str, Any]]:
+        """Top-k items per user, the user's train items excluded; ids in the data's own ids.
+        Ties are broken by lower item index, as in evaluation."""
+        if k < 1:
+            raise RunError(f"-k must be >= 1, got {k}")
+        index = self.user_index(external_users)
+        scores = self.user_repr[index] @ self.item_repr.T
+        train = self.interactions["train"][index]
+        rows = np.repeat(np.arange(len(index)), np.diff(train.indptr))
+        scores[rows, train.indices] = -np.inf
+        k = min(k, self.num_items)
+        # stable sort of negated scores: equal scores keep ascending item order
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out = []
+        for row, user in enumerate(external_users):
+            items = order[row][np.isfinite(scores[row, order[row]])]
+            out.append(
+                {
+                    "user": user,
+                    "items": [
+                        self.item_ids[i] if self.item_ids is not None else int(i) for i in items
+                    ],
+                    "scores": [float(scores[row, i]) for i in items],
+                }
+            )
+        return out
+
+
+def _union(matrices: list[sp.csr_matrix]) -> sp.csr_matrix | None:
+    if not matrices:
+        return None
+    total = matrices[0]
+    for matrix in matrices[1:]:
+        total = total + matrix
+    return total.tocsr()
+
+
+def save_bundle(
+    run_dir: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    user_repr: torch.Tensor,
+    item_repr: torch.Tensor,
+    dataset,
+    config: dict,
+    protocol: str,
+) -> Path:
+    """Write RUN_DIR/model/ (each file atomically)."""
+    folder = Path(run_dir) / BUNDLE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / "embeddings.npz", "wb") as handle:
+        np.savez(
+            handle,
+            user=user_repr.detach().float().cpu().numpy(),
+            item=item_repr.detach().float().cpu().numpy(),
+        )
+    arrays = {}
+    for name in SPLITS:
+        matrix = dataset.split(name)
+        arrays[f"{name}_indptr"] = matrix.indptr.astype(np.int64)
+        arrays[f"{name}_indices"] = matrix.indices.astype(np.int32)
+    with atomic_open(folder / "interactions.npz", "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    ids = None
+    if dataset.user_ids is not None or dataset.item_ids is not None:
+        ids = {
+            "users": None if dataset.user_ids is None else [str(x) for x in dataset.user_ids],
+            "items": None if dataset.item_ids is None else [str(x) for x in dataset.item_ids],
+        }
+    write_json(folder / "ids.json", ids, indent=None)
+    with atomic_open(folder / "weights.pt", "wb") as handle:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    write_json(
+        folder / "bundle.json",
+        {
+            "format_version": BUNDLE_VERSION,
+            "model": config["model"],
+            "num_users": dataset.num_users,
+            "num_items": dataset.num_items,
+            "modalities": list(dataset.features),
+            "protocol": protocol,
+            "config": config,
+        },
+    )
+    return folder
+
+
+def load_bundle(run_dir: str | os.PathLike) -> Bundle:
+    """Load RUN_DIR/model/ on the CPU; RunError if it is missing or inconsistent."""
+    folder = Path(run_dir) / BUNDLE_DIR
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: run directory not found")
+    meta_path = folder / "bundle.json"
+    if not meta_path.is_file():
+        raise RunError(f"{meta_path}: no saved model bundle (did the run finish an epoch?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        with np.load(folder / "embeddings.npz") as data:
+            user_repr, item_repr = data["user"], data["item"]
+        with np.load(folder / "interactions.npz") as data:
+            interactions = {
+                name: sp.csr_matrix(
+                    (
+                        np.ones(len(data[f"{name}_indices"]), dtype=np.float32),
+                        data[f"{name}_indices"],
+                        data[f"{name}_indptr"],
+                    ),
+                    shape=(meta["num_users"], meta["num_items"]),
+                )
+                for name in SPLITS
+            }
+        ids = json.loads((folder / "ids.json").read_text())
+    except (OSError, ValueError, KeyError) as error:
+        raise RunError(f"{folder}: damaged model bundle ({error})") from None
+    if meta.get("format_version") != BUNDLE_VERSION:
+        raise RunError(f"{meta_path}: unsupported bundle format {meta.get('format_version')!r}")
+    if user_repr.shape != (meta["num_users"], item_repr.shape[1]):
+        raise RunError(f"{folder}: embeddings do not match num_users / num_items")
+    return Bundle(
+        meta=meta,
+        user_repr=user_repr,
+        item_repr=item_repr,
+        interactions=interactions,
+        user_ids=None if not ids else ids.get("users"),
+        item_ids=None if not ids else ids.get("items"),
+    )

@@ -1,0 +1,194 @@
+"""Run configuration, resolved once at the CLI / experiment edge.
+
+Precedence, lowest first: built-in defaults < the model's training defaults < preset < config file
+< --set key=value < explicit CLI flags (--epochs, --seed, ...). The result is a frozen RunConfig
+whose `hyperparameters` are the model's from_dataset keywords, checked by name and type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from rearm.errors import ConfigError
+from rearm.models import get_model
+from rearm.models.base import check_type
+from rearm.models.presets import get_preset
+
+TRAINING_TYPES: dict[str, Any] = {
+    "epochs": int,
+    "patience": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "weight_decay": float,
+    "eval_batch_size": int,
+}
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 2000,
+    "patience": 20,
+    "batch_size": 2048,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "eval_batch_size": 1024,
+}
+TOP_LEVEL_TYPES: dict[str, Any] = {
+    "model": str,
+    "data": str | None,
+    "preset": str | None,
+    "protocol": str,
+    "seed": int,
+    "device": str,
+}
+TOP_LEVEL_DEFAULTS: dict[str, Any] = {
+    "model": "rearm",
+    "data": None,
+    "preset": None,
+    "protocol": "standard",
+    "seed": 2025,
+    "device": "auto",
+}
+SECTIONS = ("training", "hyperparameters")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "rearm"
+    data: str | None = None
+    preset: str | None = None
+    protocol: str = "standard"
+    seed: int = 2025
+    device: str = "auto"
+    training: dict = field(default_factory=dict)
+    hyperparameters: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "preset": self.preset,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "device": self.device,
+            "training": dict(self.training),
+            "hyperparameters": dict(self.hyperparameters),
+        }
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML run configuration; structural problems are ConfigErrors naming the file."""
+    try:
+        with open(path) as handle:
+            content = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file ({error})") from None
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0] if str(error) else "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping, got {type(content).__name__}")
+    for key, value in content.items():
+        if key in SECTIONS:
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key} must be a mapping of keys to values")
+        elif key not in TOP_LEVEL_TYPES:
+            known = ", ".join(list(TOP_LEVEL_TYPES) + list(SECTIONS))
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
+    return content
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, YAML-parsed value): numbers, booleans, null and lists as in YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_config(
+    *,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+    **flags: Any,
+) -> RunConfig:
+    """Resolve a RunConfig. `flags` are explicit CLI values (None = not given): model, data,
+    preset, protocol, seed, device, epochs, patience."""
+    from rearm.evaluation.protocol import get_protocol
+
+    file_values = read_config_file(config_file) if config_file else {}
+    label = config_file or "config"
+    top = dict(TOP_LEVEL_DEFAULTS)
+    top.update({k: v for k, v in file_values.items() if k in TOP_LEVEL_TYPES})
+    parsed = [parse_override(text) for text in overrides]
+    for key, value in parsed:
+        if key in TOP_LEVEL_TYPES:
+            top[key] = value
+    top.update({k: v for k, v in flags.items() if k in TOP_LEVEL_TYPES and v is not None})
+    for key, annotation in TOP_LEVEL_TYPES.items():
+        top[key] = check_type(top[key], annotation, f"{label}: {key}")
+
+    model_class = get_model(top["model"])
+    known_hyper = model_class.hyperparameters()
+    training = dict(TRAINING_DEFAULTS)
+    training.update(getattr(model_class, "training_defaults", {}))
+    hyper: dict[str, Any] = {}
+    if top["preset"]:
+        preset = get_preset(top["model"], top["preset"])
+        training.update(preset.get("training", {}))
+        hyper.update(preset.get("hyperparameters", {}))
+    for section, target in (("training", training), ("hyperparameters", hyper)):
+        values = file_values.get(section) or {}
+        if section == "training":
+            _check_known(values, TRAINING_TYPES, f"{label}: training")
+        target.update(values)
+    for key, value in parsed:
+        if key in TOP_LEVEL_TYPES:
+            continue
+        section, _, name = key.rpartition(".")
+        if section == "training" or (not section and name in TRAINING_TYPES):
+            _check_known({name: value}, TRAINING_TYPES, f"--set {key}")
+            training[name] = value
+        elif section == "hyperparameters" or (not section and name in known_hyper):
+            hyper[name] = value
+        else:
+            raise ConfigError(
+                f"--set {key}: unknown key (not a training key, not a hyperparameter of "
+                f"model {top['model']!r}, not one of {', '.join(TOP_LEVEL_TYPES)})"
+            )
+    for name in ("epochs", "patience"):
+        if flags.get(name) is not None:
+            training[name] = flags[name]
+    for name, annotation in TRAINING_TYPES.items():
+        training[name] = check_type(training[name], annotation, f"{label}: training.{name}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if training[name] < 1:
+            raise ConfigError(f"{label}: training.{name} must be >= 1, got {training[name]}")
+    if training["patience"] < 0:
+        raise ConfigError(f"{label}: training.patience must be >= 0")
+    hyper = model_class.validate_hyperparameters(hyper, where=f"{label}: hyperparameters")
+    get_protocol(top["protocol"])
+    if top["device"] not in ("auto", "cpu") and not top["device"].startswith("cuda"):
+        raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {top['device']!r}")
+    return RunConfig(training=training, hyperparameters=hyper, **top)
+
+
+def _check_known(values: Mapping[str, Any], known: Mapping[str, Any], label: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{label}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
