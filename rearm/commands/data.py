@@ -1,0 +1,184 @@
+"""`rearm data info PATH` (the dataset card) and `rearm data synth --out DIR` (the synthetic
+default data set in the REARM layout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rearm.data.describe import describe
+from rearm.data.readers import FORMATS, load_dataset
+from rearm.data.synth import (
+    DEFAULT_MODALITIES,
+    make_synthetic,
+    parse_modalities,
+    write_rearm_layout,
+)
+from rearm.errors import DataError
+
+_DEFAULT_MODALITIES = ",".join(f"{name}:{dim}" for name, dim in DEFAULT_MODALITIES.items())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="inspect a data set or write the synthetic one",
+        description="Inspect a data set (REARM, MMRec or tabular layout) or write synthetic data.",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    commands.required = True
+
+    info = commands.add_parser(
+        "info",
+        help="print the dataset card",
+        description="Read and validate a data set, then print its card.",
+    )
+    info.add_argument("path", metavar="PATH", help="data set folder or interactions file")
+    info.add_argument("--json", action="store_true", help="print the card as one JSON object")
+    add_reader_arguments(info)
+    info.set_defaults(handler=run_info)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write the synthetic data set (REARM layout)",
+        description="Write the planted synthetic data set as a REARM-layout folder.",
+    )
+    synth.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    synth.add_argument("--users", type=int, default=2000, metavar="N", help="default 2000")
+    synth.add_argument("--items", type=int, default=1000, metavar="M", help="default 1000")
+    synth.add_argument("--seed", type=int, default=2025, metavar="S", help="default 2025")
+    synth.add_argument(
+        "--modalities",
+        default=_DEFAULT_MODALITIES,
+        metavar="SPEC",
+        help=f"NAME:DIM[,NAME:DIM...] (default {_DEFAULT_MODALITIES})",
+    )
+    synth.add_argument(
+        "--force", action="store_true", help="write into a non-empty folder that is not a data set"
+    )
+    synth.set_defaults(handler=run_synth)
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `load_dataset`, as flags (shared by every command that reads data)."""
+    group = parser.add_argument_group("data set options")
+    group.add_argument("--format", choices=FORMATS, default="auto", help="layout (default auto)")
+    group.add_argument(
+        "--features",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[,NAME=PATH]",
+        help="modality feature file(s): .npy (rows aligned to --item-list for tabular data, to "
+        "item ids otherwise) or .parquet (item + vector columns); repeatable",
+    )
+    group.add_argument("--item-list", metavar="FILE", help="tabular: item ids, one per line")
+    group.add_argument("--user-col", default="user", help="tabular user column (default user)")
+    group.add_argument("--item-col", default="item", help="tabular item column (default item)")
+    group.add_argument("--split-col", default="split", help="tabular split column (default split)")
+    group.add_argument("--vector-col", help="Parquet feature vector column (default: the list one)")
+    group.add_argument("--num-users", type=int, metavar="N", help="REARM/MMRec: declared users")
+    group.add_argument("--num-items", type=int, metavar="M", help="REARM/MMRec: declared items")
+
+
+def load_from_args(args: argparse.Namespace):
+    """Call `load_dataset` with the flags of `add_reader_arguments`."""
+    options = {}
+    for key in ("item_list", "vector_col", "num_users", "num_items"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    for key in ("user_col", "item_col", "split_col"):
+        options[key] = getattr(args, key)
+    return load_dataset(
+        args.path, format=args.format, features=parse_feature_flags(args.features), **options
+    )
+
+
+def parse_feature_flags(values: list[str]) -> dict[str, str]:
+    """["image=img.npy,text=t.parquet", ...] -> {"image": "img.npy", "text": "t.parquet"}."""
+    result: dict[str, str] = {}
+    for value in values:
+        for part in value.split(","):
+            name, sep, path = part.partition("=")
+            name, path = name.strip(), path.strip()
+            if not sep or not name or not path:
+                raise DataError(f"--features: bad entry {part!r}; expected NAME=PATH")
+            if name in result:
+                raise DataError(f"--features: modality {name!r} given twice")
+            result[name] = path
+    return result
+
+
+def run_info(args: argparse.Namespace) -> int:
+    card = describe(load_from_args(args))
+    if args.json:
+        print(json.dumps(card, indent=2))
+    else:
+        print(format_card(card))
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    modalities = parse_modalities(args.modalities)
+    dataset = make_synthetic(
+        num_users=args.users, num_items=args.items, modalities=modalities, seed=args.seed
+    )
+    write_rearm_layout(dataset, args.out, force=args.force)
+    card = describe(dataset)
+    card["format"], card["source"] = "rearm", args.out
+    print(f"wrote {args.out} (REARM layout)")
+    print(format_card(card))
+    return 0
+
+
+def format_card(card: dict) -> str:
+    """The human-readable dataset card (thousands separators, sparsity as a percentage)."""
+    counts = card["interactions"]
+    lines = [
+        f"data set      {card['source']} ({card['format']} layout)",
+        f"users         {card['num_users']:,}",
+        f"items         {card['num_items']:,}",
+        "interactions  "
+        + " | ".join(f"{name} {counts[name]:,}" for name in ("train", "valid", "test"))
+        + f" | total {counts['total']:,}",
+        f"sparsity      {100 * card['sparsity']:.2f}%",
+        "train/user    min {min}, mean {mean:.1f}, max {max}".format(**card["train_per_user"]),
+    ]
+    if card["modalities"]:
+        lines.append("modalities")
+        width = max(len(name) for name in card["modalities"])
+        for name, stats in card["modalities"].items():
+            lines.append(
+                f"  {name:<{width}}  dim {stats['dim']}, non-negative "
+                f"{100 * stats['nonneg_fraction']:.1f}%, zeros {100 * stats['zero_fraction']:.1f}%, "
+                f"mean row norm {stats['mean_row_norm']:.4g}, zero rows {stats['zero_rows']:,}"
+            )
+    else:
+        lines.append("modalities    none")
+    lines.append("notes")
+    lines.extend(f"  {line}" for line in note_lines(card["notes"]))
+    return "\n".join(lines)
+
+
+def note_lines(notes: dict) -> list[str]:
+    """Validation findings in words; repeated pairs follow the rule of Dataset.from_pairs."""
+    lines = []
+    duplicates = notes.get("duplicates_within_split", {})
+    if any(duplicates.values()):
+        detail = ", ".join(f"{split} {count:,}" for split, count in duplicates.items() if count)
+        lines.append(f"duplicate pairs within a split kept once: {detail}")
+    repeated = notes.get("repeated_across_splits", {})
+    if any(repeated.values()):
+        detail = ", ".join(f"{split} {count:,}" for split, count in repeated.items() if count)
+        lines.append(f"pairs already in an earlier split, dropped from: {detail}")
+    if not lines:
+        lines.append("no duplicate or cross-split pairs")
+    for key, text in (
+        ("users_without_train", "users only in valid/test"),
+        ("items_without_train", "items only in valid/test"),
+        ("users_without_interactions", "users without any interaction"),
+        ("items_without_interactions", "items without any interaction"),
+    ):
+        if notes.get(key):
+            lines.append(f"{text}: {notes[key]:,}")
+    return lines

@@ -1,0 +1,255 @@
+"""The synthetic default data set: a deterministic planted generator, and the REARM-layout writer.
+
+Planted structure (what REARM assumes about real data):
+  * item factors V = [shared | unique_1 | ... | unique_M | hidden]: the shared block is visible in
+    every modality, unique_m only in modality m, and the hidden block in no modality (taste that
+    content cannot explain, only collaborative signal can);
+  * modality m = a nonlinear noisy random projection of [shared | unique_m]: even-numbered
+    modalities (image by default) are ReLU activations, non-negative and sparse like CNN
+    features; odd-numbered ones (text) are L2-normalised tanh projections like sentence embeddings;
+  * each user has factors over all blocks; interactions are a Gumbel top-n draw over
+    affinity / temperature + a log-normal item popularity bias, n varying per user;
+  * each user's items are split at random into train / valid / test, at least one of each.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from rearm.data.dataset import SPLITS, Dataset
+from rearm.errors import DataError
+from rearm.io import atomic_open
+
+DEFAULT_MODALITIES = {"image": 256, "text": 64}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_USER_BLOCK = 4096
+
+
+def parse_modalities(spec: str) -> dict[str, int]:
+    """Parse "image:256,text:64" -> {"image": 256, "text": 64}; strict, DataError otherwise."""
+    result: dict[str, int] = {}
+    if not spec or not spec.strip():
+        raise DataError("--modalities: empty; expected NAME:DIM[,NAME:DIM...], e.g. image:256")
+    for part in spec.split(","):
+        part = part.strip()
+        name, sep, dim = part.partition(":")
+        name, dim = name.strip(), dim.strip()
+        if not sep or not _NAME.match(name) or not dim.isdigit():
+            raise DataError(
+                f"--modalities: bad entry {part!r}; expected NAME:DIM with NAME a letter then "
+                "letters, digits, _ or -, and DIM a positive integer (e.g. image:256,text:64)"
+            )
+        if int(dim) < 1:
+            raise DataError(f"--modalities: dimension of {name!r} must be >= 1, got {dim}")
+        if name in result:
+            raise DataError(f"--modalities: modality {name!r} given twice")
+        result[name] = int(dim)
+    return result
+
+
+def make_synthetic(
+    num_users: int = 2000,
+    num_items: int = 1000,
+    modalities: Mapping[str, int] | None = None,
+    seed: int = 2025,
+    *,
+    interactions_per_user: int = 25,
+    shared_factors: int = 8,
+    unique_factors: int = 4,
+    hidden_factors: int = 4,
+    feature_noise: float = 0.5,
+    temperature: float = 0.35,
+    popularity_skew: float = 0.8,
+    heldout_fraction: float = 0.1,
+) -> Dataset:
+    """Generate a planted multi-modal data set (deterministic in `seed`).
+
+    Args:
+        num_users, num_items: sizes.
+        modalities: {name: dim}; default {"image": 256, "text": 64}.
+        interactions_per_user: mean interactions per user; each user gets between half and
+            1.5 times this (at least 3: one train, one valid, one test).
+        shared_factors, unique_factors, hidden_factors: latent block sizes (unique per modality).
+        feature_noise: std of the noise added to each modality's projection (signal std ~1).
+        temperature: lower = users follow their factors more sharply.
+        popularity_skew: std of the log-normal item popularity bias.
+        heldout_fraction: fraction of each user's items in valid and in test (>= 1 each).
+
+    Returns:
+        Dataset (format "synthetic") with train / valid / test CSR [num_users, num_items] and
+        features {name: float32 [num_items, dim]}.
+    """
+    modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
+    _check_arguments(num_users, num_items, modalities, interactions_per_user, heldout_fraction)
+    rng = np.random.default_rng(seed)
+    num_modalities = len(modalities)
+    num_factors = shared_factors + unique_factors * num_modalities + hidden_factors
+
+    item_factors = rng.standard_normal((num_items, num_factors))
+    user_factors = rng.standard_normal((num_users, num_factors)) / np.sqrt(num_factors)
+    popularity = popularity_skew * rng.standard_normal(num_items)
+
+    features = {}
+    for position, (name, dim) in enumerate(modalities.items()):
+        start = shared_factors + unique_factors * position
+        visible = np.hstack(
+            [item_factors[:, :shared_factors], item_factors[:, start : start + unique_factors]]
+        )
+        projection = rng.standard_normal((visible.shape[1], dim)) / np.sqrt(visible.shape[1])
+        signal = visible @ projection + feature_noise * rng.standard_normal((num_items, dim))
+        if position % 2 == 0:
+            table = np.maximum(signal, 0.0)
+        else:
+            table = np.tanh(signal)
+            table /= np.linalg.norm(table, axis=1, keepdims=True) + 1e-12
+        features[name] = table.astype(np.float32)
+
+    low = max(3, interactions_per_user // 2)
+    high = max(low, min(num_items, (3 * interactions_per_user) // 2))
+    per_user = rng.integers(low, high + 1, size=num_users)
+    pairs = _draw_interactions(
+        rng, user_factors, item_factors, popularity, temperature, per_user, num_items
+    )
+    split_of = _assign_splits(rng, per_user, heldout_fraction)
+    users, items = pairs
+    split_pairs = {
+        name: np.stack([users[split_of == code], items[split_of == code]])
+        for code, name in enumerate(SPLITS)
+    }
+    return Dataset.from_pairs(
+        split_pairs,
+        features,
+        num_users=num_users,
+        num_items=num_items,
+        source=f"synthetic(seed={seed})",
+        format="synthetic",
+    )
+
+
+def _check_arguments(
+    num_users: int,
+    num_items: int,
+    modalities: dict[str, int],
+    interactions_per_user: int,
+    heldout_fraction: float,
+) -> None:
+    if int(num_users) < 1:
+        raise DataError(f"--users: must be >= 1, got {num_users}")
+    if int(num_items) < 3:
+        raise DataError(f"--items: must be >= 3 (one train, valid and test item), got {num_items}")
+    if not modalities:
+        raise DataError("--modalities: at least one modality is needed")
+    for name, dim in modalities.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise DataError(f"--modalities: bad modality name {name!r}")
+        if int(dim) < 1:
+            raise DataError(f"--modalities: dimension of {name!r} must be >= 1, got {dim}")
+    if int(interactions_per_user) < 3:
+        raise DataError(f"interactions_per_user: must be >= 3, got {interactions_per_user}")
+    if not 0.0 <= heldout_fraction < 0.5:
+        raise DataError(f"heldout_fraction: must be in [0, 0.5), got {heldout_fraction}")
+
+
+def _draw_interactions(
+    rng: np.random.Generator,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    popularity: np.ndarray,
+    temperature: float,
+    per_user: np.ndarray,
+    num_items: int,
+) -> np.ndarray:
+    """Gumbel top-n per user (sampling n items without replacement from softmax(logits)),
+    in user blocks so memory is O(block x items). Returns (2, sum(per_user)) int64 pairs,
+    grouped by user."""
+    users_out, items_out = [], []
+    most = int(per_user.max())
+    for start in range(0, len(user_factors), _USER_BLOCK):
+        block = user_factors[start : start + _USER_BLOCK]
+        logits = (block @ item_factors.T) / temperature + popularity
+        logits += rng.gumbel(size=logits.shape)
+        top = np.argpartition(-logits, most - 1, axis=1)[:, :most]
+        order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        keep = np.arange(most) < per_user[start : start + len(block), None]
+        rows = np.broadcast_to(np.arange(start, start + len(block))[:, None], top.shape)
+        users_out.append(rows[keep])
+        items_out.append(top[keep])
+    return np.stack([np.concatenate(users_out), np.concatenate(items_out)]).astype(np.int64)
+
+
+def _assign_splits(
+    rng: np.random.Generator, per_user: np.ndarray, heldout_fraction: float
+) -> np.ndarray:
+    """Split code (0 train, 1 valid, 2 test) for each pair of `_draw_interactions`' output: a
+    random rank within the user decides, so each user gets >= 1 valid, >= 1 test, >= 1 train."""
+    heldout = np.maximum(1, np.round(heldout_fraction * per_user)).astype(np.int64)
+    owner = np.repeat(np.arange(len(per_user)), per_user)
+    # A random permutation within each user: sort by (user, random key).
+    order = np.lexsort((rng.random(len(owner)), owner))
+    first = np.repeat(np.cumsum(per_user) - per_user, per_user)
+    rank = np.empty(len(owner), dtype=np.int64)
+    rank[order] = np.arange(len(owner)) - first
+    user_heldout = heldout[owner]
+    return np.where(rank < user_heldout, 2, np.where(rank < 2 * user_heldout, 1, 0))
+
+
+def dataset_to_pairs(dataset: Dataset) -> dict[str, np.ndarray]:
+    """{split: int64 (2, N) pairs, sorted by user then item} from the CSR splits."""
+    result = {}
+    for name in SPLITS:
+        matrix: sp.csr_matrix = dataset.split(name)
+        users = np.repeat(np.arange(dataset.num_users, dtype=np.int64), np.diff(matrix.indptr))
+        result[name] = np.stack([users, matrix.indices.astype(np.int64)])
+    return result
+
+
+def write_rearm_layout(
+    dataset: Dataset, out_dir: str | os.PathLike, *, force: bool = False
+) -> list[Path]:
+    """Write `dataset` as a REARM-layout folder: {train,valid,test}.npy (int64 (2, N)) and
+    `<name>_feat.npy` (float32 [num_items, dim]), each file atomically (temp file + rename).
+
+    `out_dir` may be missing, empty, or an existing REARM data set (replaced: its stale
+    `*_feat.npy` files are removed so they cannot join the new data set). Any other non-empty
+    folder is refused with a DataError unless `force`. Returns the paths written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if existing and not force and not _is_rearm_layout(existing):
+        shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise DataError(
+            f"{out}: folder is not empty and is not a REARM data set (holds {shown}); "
+            "choose another folder or pass --force (force=True) to write into it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}.npy": pairs for name, pairs in dataset_to_pairs(dataset).items()}
+    for name, table in dataset.features.items():
+        if not _NAME.match(name):
+            raise DataError(f"{out}: modality name {name!r} cannot be a file name")
+        arrays[f"{name}_feat.npy"] = np.ascontiguousarray(table, dtype=np.float32)
+    written = []
+    for file_name, array in arrays.items():
+        target = out / file_name
+        with atomic_open(target, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        written.append(target)
+    for stale in existing:
+        if stale.endswith("_feat.npy") and stale not in arrays:
+            (out / stale).unlink()
+    return written
+
+
+def _is_rearm_layout(names: list[str]) -> bool:
+    split_files = {f"{name}.npy" for name in SPLITS}
+    return split_files <= set(names) and all(
+        name in split_files or name.endswith("_feat.npy") for name in names
+    )
