@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from rearm.errors import ConfigError
 from rearm.models.base import Recommender
+from rearm.models.freedom import FREEDOM
+from rearm.models.lightgcn import LightGCN
+from rearm.models.mf import MF
 from rearm.models.rearm import REARM
+from rearm.models.vbpr import VBPR
 
-MODELS: dict[str, type[Recommender]] = {"rearm": REARM}
+MODELS: dict[str, type[Recommender]] = {
+    "rearm": REARM,
+    "mf": MF,
+    "lightgcn": LightGCN,
+    "vbpr": VBPR,
+    "freedom": FREEDOM,
+}
 
 
 def get_model(name: str) -> type[Recommender]:
@@ -15,4 +25,4 @@ def get_model(name: str) -> type[Recommender]:
     return MODELS[name]
 
 
-__all__ = ["MODELS", "REARM", "Recommender", "get_model"]
+__all__ = ["FREEDOM", "MF", "MODELS", "REARM", "VBPR", "LightGCN", "Recommender", "get_model"]
