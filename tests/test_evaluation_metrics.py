@@ -209,6 +209,26 @@ def test_evaluate_model_equals_rank_metrics():
     np.testing.assert_array_equal(table.numpy(), scores)  # masking never writes into the model
 
 
+def test_score_views_are_restored_and_expanded_scores_work():
+    rng = np.random.default_rng(4)
+    table = torch.from_numpy(rng.standard_normal((40, 25)))
+    heldout = sp.random(40, 25, density=0.2, format="lil", random_state=rng)
+    heldout[:, 0] = 1  # every user is evaluated, so blocks are contiguous row ranges
+    exclude = sp.random(40, 25, density=0.3, format="csr", random_state=rng)
+    before = table.clone()
+    result = evaluate_model(
+        lambda users: table[int(users[0]) : int(users[-1]) + 1],  # a view of the model's state
+        heldout,
+        exclude,
+        batch_size=16,
+    )
+    torch.testing.assert_close(table, before, rtol=0, atol=0)
+    assert result == rank_metrics(before.numpy(), heldout, exclude)
+    row = torch.zeros(25)
+    expanded = evaluate_model(lambda users: row.expand(len(users), 25), heldout, exclude)
+    assert expanded == rank_metrics(np.zeros((40, 25)), heldout, exclude)
+
+
 def test_inputs_are_not_modified():
     scores, heldout, exclude = random_case(9)
     copy = scores.copy()

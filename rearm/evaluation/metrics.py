@@ -75,7 +75,7 @@ def rank_metrics(
             block_users = users[start : start + block_size]
             if isinstance(scores, torch.Tensor):
                 index = torch.as_tensor(block_users, device=scores.device)
-                block = scores.index_select(0, index)  # a copy, so masking cannot touch the input
+                block = scores.index_select(0, index)
             else:
                 block = torch.from_numpy(np.ascontiguousarray(scores[block_users]))
             yield block_users, block
@@ -126,8 +126,7 @@ def evaluate_model(
                     f"score_fn must return a tensor of shape [{len(block_users)}, {shape[1]}] "
                     f"for {len(block_users)} users, got {got}"
                 )
-            # score_fn may hand back a view of state it keeps; masking must not write into it.
-            yield block_users, block.detach().clone()
+            yield block_users, block.detach()
 
     with torch.no_grad():
         return _evaluate_blocks(blocks(), heldout, exclude, ks, per_user, len(users))
@@ -153,8 +152,11 @@ def _evaluate_blocks(
         if not block.is_floating_point():
             # float64 holds every int32 exactly and is the only way to have a -inf mask value.
             block = block.to(torch.float64)
-        if torch.isnan(block).any():
-            raise DataError("scores contain NaN; cannot rank")
+        elif block.is_inference() or any(
+            stride == 0 and size > 1 for stride, size in zip(block.stride(), block.shape)
+        ):
+            # Masking writes into the block (and restores it); these tensors cannot be written.
+            block = block.clone()
         excluded_rows, excluded_cols = _excluded_in_block(exclude, block_users)
         items = _top_items(block, excluded_rows, excluded_cols, kmax)
         hits = _hit_matrix(items, heldout[block_users])
@@ -182,7 +184,9 @@ def _top_items(
     """Top-`kmax` items of each row, best first, ties by lower item index, exclusions removed.
 
     Args:
-        scores: [B, N] float scores; overwritten (excluded entries set to -inf).
+        scores: [B, N] float scores. Excluded entries are set to -inf while ranking and restored
+            before returning: the caller's tensor (possibly a model's own state) ends unchanged,
+            and no copy of the block is made.
         excluded_rows, excluded_cols: int64 [E] block-local (row, item) pairs to remove.
         kmax: list length, <= N.
 
@@ -190,12 +194,22 @@ def _top_items(
         int64 [B, kmax] item indices; a slot left empty because the row has fewer than kmax
         allowed items holds N (no item).
     """
+    rows_t = torch.as_tensor(excluded_rows, device=scores.device)
+    cols_t = torch.as_tensor(excluded_cols, device=scores.device)
+    saved = scores[rows_t, cols_t]
+    scores[rows_t, cols_t] = float("-inf")
+    try:
+        return _masked_top_items(scores, rows_t, cols_t, kmax)
+    finally:
+        scores[rows_t, cols_t] = saved
+
+
+def _masked_top_items(
+    scores: torch.Tensor, rows_t: torch.Tensor, cols_t: torch.Tensor, kmax: int
+) -> np.ndarray:
+    """`_top_items` once the excluded entries (rows_t, cols_t) [E] of scores [B, N] are -inf."""
     device = scores.device
     num_rows, num_items = scores.shape
-    rows_t = torch.as_tensor(excluded_rows, device=device)
-    cols_t = torch.as_tensor(excluded_cols, device=device)
-    scores[rows_t, cols_t] = float("-inf")
-
     # One extra place shows whether ties cross the cut-off: if the best item left out scores
     # below the kmax-th, topk's set is the exact one (order is fixed below); if it scores the
     # same, more items tie at the threshold than there are slots and the lowest indices must win.
@@ -203,6 +217,9 @@ def _top_items(
     # so the common case costs one topk, not a further pass over [B, N].
     width = min(kmax + 1, num_items)
     values, items = torch.topk(scores, width, dim=1, largest=True, sorted=True)
+    # topk ranks NaN above every number, so a NaN anywhere in a row shows up in its first place.
+    if torch.isnan(values[:, 0]).any():
+        raise DataError("scores contain NaN; cannot rank")
     threshold = values[:, kmax - 1 : kmax]
     needs_repair = torch.isneginf(threshold[:, 0])
     if width > kmax:
