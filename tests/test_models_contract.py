@@ -26,7 +26,6 @@ class TestFREEDOM(ContractTests):
     model = "freedom"
     hyperparameters = {
         "embedding_dim": 16,
-        "feature_embedding_dim": 16,
         "knn_k": 5,
         # the published default keeps only 20% of the edges each epoch; on 384 train pairs
         # that is too little signal for a short run
