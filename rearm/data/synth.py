@@ -110,7 +110,8 @@ def make_synthetic(
             table /= np.linalg.norm(table, axis=1, keepdims=True) + 1e-12
         features[name] = table.astype(np.float32)
 
-    low = max(3, interactions_per_user // 2)
+    # Fewer items than requested interactions: every user takes (nearly) every item.
+    low = max(3, min(interactions_per_user // 2, num_items))
     high = max(low, min(num_items, (3 * interactions_per_user) // 2))
     per_user = rng.integers(low, high + 1, size=num_users)
     pairs = _draw_interactions(

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny valid REARM-layout data set and an in-process CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rearm.cli import main
+
+
+@pytest.fixture
+def tiny_pairs() -> dict[str, np.ndarray]:
+    """5 users, 6 items; every user has train, valid and test; item 5 has no train pair."""
+    return {
+        "train": np.array([[0, 0, 1, 1, 2, 2, 3, 3, 4], [0, 1, 1, 2, 2, 3, 3, 4, 0]]),
+        "valid": np.array([[0, 1, 2, 3, 4], [2, 3, 4, 5, 1]]),
+        "test": np.array([[0, 1, 2, 3, 4], [3, 4, 5, 0, 2]]),
+    }
+
+
+@pytest.fixture
+def tiny_features() -> dict[str, np.ndarray]:
+    """image float32 [6, 4] non-negative with item 5 all zero; text float32 [6, 3]."""
+    rng = np.random.default_rng(0)
+    image = np.maximum(rng.standard_normal((6, 4)), 0).astype(np.float32) + 0.1
+    image[5] = 0.0
+    return {"image": image, "text": rng.standard_normal((6, 3)).astype(np.float32)}
+
+
+@pytest.fixture
+def write_rearm(tiny_pairs, tiny_features):
+    """write_rearm(folder, pairs=None, features=None) -> folder in the REARM layout."""
+
+    def write(folder: Path, pairs=None, features=None) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in (tiny_pairs if pairs is None else pairs).items():
+            np.save(folder / f"{name}.npy", np.asarray(array))
+        for name, array in (tiny_features if features is None else features).items():
+            np.save(folder / f"{name}_feat.npy", array)
+        return folder
+
+    return write
+
+
+@pytest.fixture
+def rearm_dir(tmp_path: Path, write_rearm) -> Path:
+    """A valid REARM-layout folder holding the tiny data set with image and text features."""
+    return write_rearm(tmp_path / "tiny")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """run_cli(*args) runs `rearm ARGS...` in-process -> (exit code, stdout, stderr)."""
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse errors and --help
+            code = exit_.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -1,0 +1,285 @@
+"""Every bad input gives one DataError line naming the file and the problem, through the API and
+through `rearm data info` (exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rearm.data import DataError, load_dataset
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _tab_ok(tmp_path: Path) -> Path:
+    return _csv(tmp_path / "log.csv", "user,item,split\nu1,a,train\nu1,b,valid\nu1,c,test\n")
+
+
+def _mmrec(tmp_path: Path, header: str, rows: str) -> Path:
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    (folder / "x.inter").write_text(header + "\n" + rows)
+    return folder
+
+
+# Each case builds a bad data set and returns
+# (path, API keyword arguments, CLI flags, file named in the message, problem words).
+def missing_split(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    (folder / "test.npy").unlink()
+    return folder, {}, [], "test.npy", "missing test split"
+
+
+def wrong_shape(tmp_path, write_rearm, tiny_pairs):
+    pairs = {**tiny_pairs, "train": np.vstack([tiny_pairs["train"], tiny_pairs["train"][:1]])}
+    return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "train.npy", "shape (2, N)"
+
+
+def wrong_dtype(tmp_path, write_rearm, tiny_pairs):
+    pairs = {**tiny_pairs, "valid": tiny_pairs["valid"].astype(str)}
+    return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "valid.npy", "must be integers"
+
+
+def negative_id(tmp_path, write_rearm, tiny_pairs):
+    train = tiny_pairs["train"].copy()
+    train[1, 3] = -4
+    pairs = {**tiny_pairs, "train": train}
+    return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "train.npy", "negative item id -4"
+
+
+def non_integer_id(tmp_path, write_rearm, tiny_pairs):
+    test = tiny_pairs["test"].astype(np.float64)
+    test[0, 0] = 0.5
+    pairs = {**tiny_pairs, "test": test}
+    return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "test.npy", "non-integer"
+
+
+def out_of_range_id(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    return folder, {"num_users": 3}, ["--num-users", "3"], "train.npy", "out of range"
+
+
+def feature_rows(tmp_path, write_rearm, tiny_features):
+    features = {**tiny_features, "text": tiny_features["text"][:4]}
+    folder = write_rearm(tmp_path / "d", features=features)
+    return folder, {}, [], "text_feat.npy", "has 4 rows but the data set has 6 items"
+
+
+def feature_extra_rows(tmp_path, write_rearm, tiny_features):
+    features = {**tiny_features, "text": np.vstack([tiny_features["text"]] * 2)}
+    folder = write_rearm(tmp_path / "d", features=features)
+    return folder, {}, [], "text_feat.npy", "12 rows but the splits have 6 items"
+
+
+def feature_not_2d(tmp_path, write_rearm, tiny_features):
+    features = {**tiny_features, "image": tiny_features["image"].reshape(6, 2, 2)}
+    return write_rearm(tmp_path / "d", features=features), {}, [], "image_feat.npy", "must be 2-D"
+
+
+def feature_nan(tmp_path, write_rearm, tiny_features):
+    image = tiny_features["image"].copy()
+    image[2, 1] = np.nan
+    folder = write_rearm(tmp_path / "d", features={"image": image})
+    return folder, {}, [], "image_feat.npy", "NaN values in 1 rows (first row 2)"
+
+
+def feature_inf(tmp_path, write_rearm, tiny_features):
+    text = tiny_features["text"].copy()
+    text[4, 0] = -np.inf
+    folder = write_rearm(tmp_path / "d", features={"text": text})
+    return folder, {}, [], "text_feat.npy", "Inf values"
+
+
+def empty_train(tmp_path, write_rearm, tiny_pairs):
+    pairs = {**tiny_pairs, "train": np.empty((2, 0), dtype=np.int64)}
+    return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "train.npy", "train split is empty"
+
+
+def truncated_npy(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    data = (folder / "image_feat.npy").read_bytes()
+    (folder / "image_feat.npy").write_bytes(data[:-10])
+    return folder, {}, [], "image_feat.npy", "truncated"
+
+
+def not_npy(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    (folder / "valid.npy").write_text("user,item\n1,2\n")
+    return folder, {}, [], "valid.npy", "not a .npy file"
+
+
+def pickled_npy(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    np.save(folder / "test.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return folder, {}, [], "test.npy", "Python objects"
+
+
+def binary_csv(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"user,item,split\n" + bytes(range(256)) * 4)
+    return path, {}, [], "log.csv", "binary data"
+
+
+def csv_missing_column(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,fold\nu1,a,train\n")
+    return path, {}, [], "log.csv", "header lacks column(s) 'split'"
+
+
+def csv_unknown_split(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,split\nu1,a,train\nu1,b,validation\n")
+    return path, {}, [], "log.csv", "unknown split label 'validation' in 1 rows"
+
+
+def csv_empty_train(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,split\nu1,b,valid\nu1,c,test\n")
+    return path, {}, [], "log.csv", "train split is empty"
+
+
+def csv_ragged(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,split\nu1,a,train\nu2,b\n")
+    return path, {}, [], "log.csv", "malformed table"
+
+
+def item_without_features(tmp_path):
+    path = _tab_ok(tmp_path)
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    np.save(tmp_path / "img.npy", np.ones((2, 3), np.float32))
+    kwargs = {"item_list": tmp_path / "ids.txt", "features": {"image": tmp_path / "img.npy"}}
+    flags = ["--item-list", tmp_path / "ids.txt", "--features", f"image={tmp_path / 'img.npy'}"]
+    return path, kwargs, flags, "log.csv", "item 'c' has no features"
+
+
+def npy_features_without_item_list(tmp_path):
+    path = _tab_ok(tmp_path)
+    np.save(tmp_path / "img.npy", np.ones((3, 3), np.float32))
+    kwargs = {"features": {"image": tmp_path / "img.npy"}}
+    return path, kwargs, ["--features", f"image={tmp_path / 'img.npy'}"], "img.npy", "item list"
+
+
+def item_list_rows_differ(tmp_path):
+    path = _tab_ok(tmp_path)
+    (tmp_path / "ids.txt").write_text("a\nb\nc\nd\n")
+    np.save(tmp_path / "img.npy", np.ones((3, 3), np.float32))
+    kwargs = {"item_list": tmp_path / "ids.txt", "features": {"image": tmp_path / "img.npy"}}
+    flags = ["--item-list", tmp_path / "ids.txt", "--features", f"image={tmp_path / 'img.npy'}"]
+    return path, kwargs, flags, "img.npy", "has 3 rows but"
+
+
+def mmrec_missing_column(tmp_path):
+    folder = _mmrec(tmp_path, "userID\titemID\tlabel", "0\t0\t0\n")
+    return folder, {}, [], "x.inter", "header lacks column(s) 'x_label'"
+
+
+def mmrec_unknown_label(tmp_path):
+    folder = _mmrec(tmp_path, "userID\titemID\tx_label", "0\t0\t0\n0\t1\t1\n0\t2\t3\n")
+    return folder, {}, [], "x.inter", "unknown split label 3"
+
+
+def mmrec_non_integer(tmp_path):
+    folder = _mmrec(tmp_path, "userID\titemID\tx_label", "0\t0\t0\n0\tb7\t1\n")
+    return folder, {}, [], "x.inter", "column 'itemID': non-integer value 'b7'"
+
+
+def no_layout(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    return folder, {}, [], "empty", "no data set found"
+
+
+def bad_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "log.parquet"
+    path.write_bytes(b"not parquet at all")
+    return path, {}, [], "log.parquet", "unreadable Parquet file"
+
+
+CASES = [
+    missing_split,
+    wrong_shape,
+    wrong_dtype,
+    negative_id,
+    non_integer_id,
+    out_of_range_id,
+    feature_rows,
+    feature_extra_rows,
+    feature_not_2d,
+    feature_nan,
+    feature_inf,
+    empty_train,
+    truncated_npy,
+    not_npy,
+    pickled_npy,
+    binary_csv,
+    csv_missing_column,
+    csv_unknown_split,
+    csv_empty_train,
+    csv_ragged,
+    item_without_features,
+    npy_features_without_item_list,
+    item_list_rows_differ,
+    mmrec_missing_column,
+    mmrec_unknown_label,
+    mmrec_non_integer,
+    no_layout,
+    bad_parquet,
+]
+
+
+@pytest.fixture(params=CASES, ids=[case.__name__ for case in CASES])
+def bad_case(request, tmp_path):
+    case = request.param
+    names = case.__code__.co_varnames[: case.__code__.co_argcount]
+    arguments = {
+        name: tmp_path if name == "tmp_path" else request.getfixturevalue(name) for name in names
+    }
+    return case(**arguments)
+
+
+def test_api_raises_data_error(bad_case):
+    path, kwargs, _, file_name, problem = bad_case
+    with pytest.raises(DataError) as error:
+        load_dataset(path, **kwargs)
+    message = str(error.value)
+    assert file_name in message and problem in message
+    assert "\n" not in message
+
+
+def test_cli_exits_2_with_one_line(bad_case, run_cli):
+    path, _, flags, file_name, problem = bad_case
+    code, out, err = run_cli("data", "info", path, *flags)
+    assert code == 2 and out == ""
+    assert err.startswith("rearm: error: ") and err.count("\n") == 1, err
+    assert file_name in err and problem in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["data", "synth", "--modalities", "image:0"], "dimension of 'image' must be >= 1"),
+        (["data", "synth", "--modalities", "image=256"], "bad entry 'image=256'"),
+        (["data", "synth", "--modalities", "image:256,image:3"], "given twice"),
+        (["data", "synth", "--modalities", ""], "--modalities: empty"),
+        (["data", "synth", "--users", "0"], "--users: must be >= 1"),
+        (["data", "info", "X", "--features", "image"], "--features: bad entry 'image'"),
+    ],
+)
+def test_cli_bad_options(tmp_path, run_cli, args, problem):
+    args = [arg.replace("X", str(tmp_path)) for arg in args]
+    if args[1] == "synth":
+        args += ["--out", str(tmp_path / "out")]
+    code, _, err = run_cli(*args)
+    assert code == 2 and problem in err and err.count("\n") == 1, err
+
+
+def test_cli_missing_path_and_bad_format(tmp_path, run_cli):
+    code, _, err = run_cli("data", "info", tmp_path / "nope")
+    assert code == 2 and "nope: no such file or directory" in err
+    code, _, err = run_cli("data", "info", tmp_path, "--format", "csv")
+    assert code == 2 and "invalid choice" in err  # argparse
