@@ -295,3 +295,69 @@ def test_dropout_one_makes_self_attention_constant_in_training():
     assert torch.allclose(out, torch.full_like(out, 0.25))
     block.eval()
     assert not torch.allclose(block(torch.randn(4, 8), torch.randn(4, 8)), torch.full((4, 8), 0.25))
+
+
+def _pair(dropout: float):
+    torch.manual_seed(5)
+    fused = ScalarTokenAttention(dropout=dropout, fused=True)
+    plain = ScalarTokenAttention(dropout=dropout, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        for block in (fused, plain):
+            block.in_proj_bias.copy_(torch.tensor([0.2, -0.1, 0.3]))
+            block.out_proj.bias.fill_(-0.05)
+    return fused, plain
+
+
+def test_fused_attention_matches_tensor_version_values_and_gradients():
+    fused, plain = _pair(0.0)
+    query = torch.randn(50, 16, requires_grad=True)
+    key = torch.randn(50, 16, requires_grad=True)
+    grads = []
+    for block in (fused, plain):
+        out = block(query, key)
+        (out * torch.linspace(-1, 1, 16)).sum().backward()
+        grads.append(
+            [out.detach(), query.grad.clone(), key.grad.clone()]
+            + [p.grad.clone() for p in block.parameters()]
+        )
+        query.grad = key.grad = None
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_attention_self_attention_gradient_sums_both_inputs():
+    fused, plain = _pair(0.0)
+    x = torch.randn(20, 8, requires_grad=True)
+    fused(x, x).pow(2).sum().backward()
+    fused_grad = x.grad.clone()
+    x.grad = None
+    plain(x, x).pow(2).sum().backward()
+    assert torch.allclose(fused_grad, x.grad, atol=1e-5)
+
+
+def test_fused_attention_dropout_gradient_is_exact_for_its_mask():
+    fused, _ = _pair(0.4)
+    fused.double().train()
+    query = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    key = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    weights = [fused.in_proj_weight, fused.in_proj_bias, fused.out_proj.weight, fused.out_proj.bias]
+    from rearm.models.kernels import FusedScalarTokenAttention
+
+    def fn(q, k, w_in, b_in, w_out, b_out):
+        return FusedScalarTokenAttention.apply(q, k, w_in, b_in, w_out, b_out, 0.4, 12345)
+
+    assert torch.autograd.gradcheck(fn, (query, key, *weights), atol=1e-6)
+
+
+def test_fused_attention_dropout_keeps_the_expected_fraction_unbiased():
+    fused, _ = _pair(0.4)
+    fused.train()
+    with torch.no_grad():
+        fused.in_proj_weight[2, 0] = 0.0  # v = bias: output mean is exactly the bias w/o dropout
+        fused.in_proj_bias[2] = 1.0
+        fused.out_proj.weight.fill_(1.0)
+        fused.out_proj.bias.fill_(0.0)
+        out = fused(torch.randn(4000, 32), torch.randn(4000, 32))
+    assert abs(out.mean().item() - 1.0) < 0.01
+    assert not torch.allclose(out, torch.ones_like(out))

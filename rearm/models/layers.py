@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rearm.models.kernels import HAVE_NUMBA, FusedScalarTokenAttention
+
 
 def propagate(graph: Tensor, x: Tensor, num_layers: int, combine: str = "mean") -> Tensor:
     """Apply `x <- graph @ x` num_layers times.
@@ -36,8 +38,11 @@ class ScalarTokenAttention(nn.Module):
     matrix products. Parameters, initialisation and the dropout on attention weights match
     nn.MultiheadAttention; it is tested against it."""
 
-    def __init__(self, dropout: float = 0.0) -> None:
+    def __init__(self, dropout: float = 0.0, fused: bool = True) -> None:
         super().__init__()
+        # fused: on CPU use the row-wise kernel of rearm.models.kernels (same mathematics,
+        # O(n d) memory); False keeps the tensor version everywhere
+        self.fused = fused
         self.in_proj_weight = nn.Parameter(torch.empty(3, 1))
         self.in_proj_bias = nn.Parameter(torch.zeros(3))
         self.out_proj = nn.Linear(1, 1)
@@ -47,6 +52,24 @@ class ScalarTokenAttention(nn.Module):
 
     def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
         """query, key_value: [n, d] -> [n, d] (each row is one sequence of d scalar tokens)."""
+        if (
+            self.fused
+            and HAVE_NUMBA
+            and query.device.type == "cpu"
+            and query.dtype in (torch.float32, torch.float64)
+        ):
+            p = self.dropout if self.training else 0.0
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else 0
+            return FusedScalarTokenAttention.apply(
+                query,
+                key_value,
+                self.in_proj_weight,
+                self.in_proj_bias,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                p,
+                seed,
+            )
         w = self.in_proj_weight[:, 0]
         b = self.in_proj_bias
         q = query * w[0] + b[0]
