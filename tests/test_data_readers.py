@@ -105,8 +105,10 @@ def write_csv(path: Path, rows: np.ndarray, header=("user", "item", "split")) ->
 def assert_same_as_tiny(dataset, tiny_pairs, user_names, item_names):
     for name, pairs in tiny_pairs.items():
         expected = set(zip(user_names[pairs[0]].tolist(), item_names[pairs[1]].tolist()))
-        coo = dataset.split(name).tocoo()
-        got = set(zip(dataset.user_ids[coo.row].tolist(), dataset.item_ids[coo.col].tolist()))
+        triples = dataset.split(name).tocoo()
+        got = set(
+            zip(dataset.user_ids[triples.row].tolist(), dataset.item_ids[triples.col].tolist())
+        )
         assert got == expected, name
 
 
