@@ -29,7 +29,7 @@ from rearm.errors import DataError
 
 FORMATS = ("auto", "rearm", "mmrec", "tabular")
 FEATURE_SUFFIX = "_feat"
-TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".inter": "\t"}
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".inter": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 INTERACTIONS_STEM = "interactions"
 ITEM_LIST_NAME = "items.txt"
