@@ -62,8 +62,8 @@ def content_scores(dataset) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [2025, 11])
 def test_content_beats_popularity(seed):
-    # Observed on seeds 0-4 and 2025 with the defaults: content Recall@20 0.207-0.219,
-    # popularity 0.079-0.087; the asserted margin leaves room for BLAS differences.
+    # Observed on seeds 0, 1, 2, 11, 2025 with the defaults: content Recall@20 0.200-0.219,
+    # popularity 0.079-0.086; the asserted margin leaves room for BLAS differences.
     dataset = make_synthetic(seed=seed)
     popularity = np.asarray(dataset.train.sum(axis=0), dtype=np.float64)
     popularity = np.broadcast_to(popularity, (dataset.num_users, dataset.num_items))
