@@ -3,7 +3,7 @@
 Layout: every graph is returned as a float32 ``torch.sparse_csr_tensor`` with int64 indices.
 Measured on this project's 2-core CPU box (torch 2.13), ``torch.sparse.mm(graph, dense)`` forward +
 backward with CSR took 53 ms on Baby's bipartite graph (26k nodes, 128 columns) vs 82 ms with
-coalesced COO, and 153 ms vs 509 ms on a 19k x 19k, 50-per-row homograph (192 columns).
+coalesced coordinate format (sparse_coo), and 153 ms vs 509 ms on a 19k x 19k, 50-per-row homograph (192 columns).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def to_torch(matrix: sp.spmatrix) -> torch.Tensor:
 
 
 def to_scipy(graph: torch.Tensor) -> sp.csr_matrix:
-    """torch sparse (CSR or COO) [n, m] -> scipy float32 CSR [n, m]."""
+    """torch sparse (CSR or coordinate format) [n, m] -> scipy float32 CSR [n, m]."""
     if graph.layout == torch.sparse_coo:
         graph = graph.coalesce()
         rows, cols = graph.indices().numpy()
@@ -56,7 +56,9 @@ def to_scipy(graph: torch.Tensor) -> sp.csr_matrix:
             (graph.values().numpy().astype(np.float32), (rows, cols)), shape=tuple(graph.shape)
         )
     if graph.layout != torch.sparse_csr:
-        raise TypeError(f"expected a torch sparse CSR or COO tensor, got layout {graph.layout}")
+        raise TypeError(
+            f"expected a torch sparse CSR or coordinate-format tensor, got layout {graph.layout}"
+        )
     return sp.csr_matrix(
         (
             graph.values().numpy().astype(np.float32, copy=False),
