@@ -63,3 +63,17 @@ def run_cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_graph_cache(tmp_path_factory):
+    """Graph caches built by tests go to a temporary folder, never the user's cache."""
+    import os
+
+    previous = os.environ.get("REARM_CACHE_DIR")
+    os.environ["REARM_CACHE_DIR"] = str(tmp_path_factory.mktemp("graph-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("REARM_CACHE_DIR", None)
+    else:
+        os.environ["REARM_CACHE_DIR"] = previous

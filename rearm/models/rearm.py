@@ -261,7 +261,7 @@ class REARM(Recommender):
         user_cooccurrence_weight: float = 0.4,
         item_cooccurrence_weight: float = 0.2,
         cooccurrence_weighting: Literal["softmax", "normalized"] = "softmax",
-        cooccurrence_padding: Literal["resample", "none"] = "resample",
+        cooccurrence_pad: Literal["resample", "none"] = "resample",
         knn_method: Literal["exact", "faiss"] = "exact",
         train_feature_tables: bool = True,
         detach_knowledge: bool = True,
@@ -287,7 +287,7 @@ class REARM(Recommender):
         no_contrastive.
         """
         from rearm.errors import ConfigError
-        from rearm.graphs import bipartite_graph, build_homographs, user_interest
+        from rearm.graphs import build_graphs, modality_weights
 
         if not dataset.features:
             raise ConfigError(
@@ -302,40 +302,35 @@ class REARM(Recommender):
         item_alpha = (
             1.0 if cooccurrence_only else 0.0 if semantic_only else item_cooccurrence_weight
         )
-        build_user = not (no_homographs or no_user_graph)
-        build_item = not (no_homographs or no_item_graph)
-        homographs = build_homographs(
+        modalities = list(dataset.features)
+        graphs = build_graphs(
             dataset,
-            build_user=build_user,
-            build_item=build_item,
             user_knn_k=user_knn_k,
             item_knn_k=item_knn_k,
-            user_image_weight=user_image_weight,
-            item_image_weight=item_image_weight,
-            user_modality_weights=user_modality_weights,
-            item_modality_weights=item_modality_weights,
+            user_modality_weights=user_modality_weights
+            or modality_weights(modalities, user_image_weight),
+            item_modality_weights=item_modality_weights
+            or modality_weights(modalities, item_image_weight),
             user_cooccurrence_weight=user_alpha,
             item_cooccurrence_weight=item_alpha,
             cooccurrence_weighting=cooccurrence_weighting,
-            cooccurrence_padding=cooccurrence_padding,
+            cooccurrence_pad=cooccurrence_pad,
             knn_method=knn_method,
             seed=seed,
             cache=graph_cache,
             progress=progress,
         )
-        user_features = {
-            name: homographs.user_interest_features.get(name)
-            if homographs.user_interest_features.get(name) is not None
-            else user_interest(dataset.train, features)
-            for name, features in dataset.features.items()
-        }
-        item_features = {name: np.asarray(x) for name, x in dataset.features.items()}
+        use_user_graph = not (no_homographs or no_user_graph)
+        use_item_graph = not (no_homographs or no_item_graph)
         return cls(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item_features.items()},
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in user_features.items()},
-            bipartite_graph(dataset.train),
-            homographs.item_homograph,
-            homographs.user_homograph,
+            {
+                m: torch.from_numpy(np.asarray(x, dtype=np.float32))
+                for m, x in dataset.features.items()
+            },
+            {m: torch.from_numpy(graphs.user_interest_features[m]) for m in modalities},
+            graphs.bipartite,
+            graphs.item_homograph if use_item_graph else None,
+            graphs.user_homograph if use_user_graph else None,
             embedding_dim=embedding_dim,
             num_layers=num_layers,
             user_homograph_layers=user_homograph_layers,
