@@ -15,8 +15,6 @@ Used on CPU tensors when numba is importable; GPU tensors use the tensor version
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -30,90 +28,150 @@ except ImportError:  # pragma: no cover - numba is a dependency; the tensor path
 
 
 if HAVE_NUMBA:
+    _LOG2E = np.float32(1.4426950408889634)
+    _LN2 = np.float32(0.6931471805599453)
 
     @numba.njit(inline="always")
-    def _uniform(seed: np.uint64, counter: np.uint64) -> float:
-        # splitmix64 finaliser of (seed + counter * golden ratio): a uniform in [0, 1), 24 bits
-        z = seed + counter * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        return float(z >> np.uint64(40)) * (1.0 / 16777216.0)
+    def _mix32(h):
+        # murmur3's 32-bit finaliser: a bijective avalanche mix. numba widens small-integer
+        # arithmetic, so every step is truncated back to 32 bits explicitly.
+        h = np.uint32(h)
+        h = np.uint32(h ^ (h >> np.uint32(16)))
+        h = np.uint32(h * np.uint32(0x85EBCA6B))
+        h = np.uint32(h ^ (h >> np.uint32(13)))
+        h = np.uint32(h * np.uint32(0xC2B2AE35))
+        return np.uint32(h ^ (h >> np.uint32(16)))
 
-    @numba.njit(parallel=True, cache=True)
-    def _forward_kernel(query, key, params, p, seed, out, pre):
+    @numba.njit(inline="always", fastmath=True)
+    def _row_exp(qa, k, shift, out, bits):
+        """out[b] = exp(qa * k[b] - shift) for arguments <= 0, float32, vectorisable:
+        2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and 2^f from its degree-6 Taylor series
+        (relative error < 2e-7, float32 rounding level); arguments below -87 give ~1e-38."""
+        for b in range(k.shape[0]):
+            y = max((qa * k[b] - shift) * _LOG2E, np.float32(-126.0))
+            n = np.floor(y + np.float32(0.5))
+            t = (y - n) * _LN2
+            out[b] = np.float32(1.0) + t * (
+                np.float32(1.0)
+                + t
+                * (
+                    np.float32(0.5)
+                    + t
+                    * (
+                        np.float32(1.0 / 6.0)
+                        + t
+                        * (
+                            np.float32(1.0 / 24.0)
+                            + t * (np.float32(1.0 / 120.0) + t * np.float32(1.0 / 720.0))
+                        )
+                    )
+                )
+            )
+            bits[b] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        scale = bits.view(np.float32)
+        for b in range(k.shape[0]):
+            out[b] *= scale[b]
+
+    @numba.njit(inline="always", fastmath=True)
+    def _row_mask(salt, a, d, p, scale, out):
+        """out[b] = scale where the hash of (row salt, a, b) keeps the weight, else 0."""
+        threshold = np.uint32(min(p, 1.0) * 16777216.0)
+        base = np.uint32(a * d)
+        for b in range(d):
+            h = _mix32(np.uint32(salt + np.uint32((base + np.uint32(b)) * np.uint32(0x9E3779B1))))
+            out[b] = scale if (h >> np.uint32(8)) >= threshold else np.float32(0.0)
+
+    @numba.njit(inline="always")
+    def _row_salt(r, seed_lo, seed_hi):
+        return _mix32(np.uint32(_mix32(np.uint32(r) ^ np.uint32(seed_lo)) + np.uint32(seed_hi)))
+
+    @numba.njit(cache=True)
+    def _mask_kernel(n, d, p, seed_lo, seed_hi, out):
+        for r in range(n):
+            salt = _row_salt(r, seed_lo, seed_hi)
+            for a in range(d):
+                _row_mask(salt, a, d, p, np.float32(1.0), out[r, a])
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _forward_kernel(query, key, params, p, seed_lo, seed_hi, out, pre):
         n, d = query.shape
         wq, wk, wv, bq, bk, bv, wo, bo = params
-        scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-        seed = np.uint64(seed)
+        scale = np.float32(1.0 / (1.0 - p)) if p < 1.0 else np.float32(0.0)
         for r in prange(n):
-            k = np.empty(d)
-            v = np.empty(d)
-            kmax, kmin = -np.inf, np.inf
+            k = np.empty(d, np.float32)
+            v = np.empty(d, np.float32)
+            e = np.empty(d, np.float32)
+            kept = np.empty(d, np.float32)
+            bits = np.empty(d, np.int32)
+            kmax, kmin = np.float32(-np.inf), np.float32(np.inf)
             for b in range(d):
                 k[b] = wk * key[r, b] + bk
                 v[b] = wv * key[r, b] + bv
                 kmax = max(kmax, k[b])
                 kmin = min(kmin, k[b])
+            salt = _row_salt(r, seed_lo, seed_hi)
             for a in range(d):
                 qa = wq * query[r, a] + bq
                 shift = qa * kmax if qa >= 0 else qa * kmin
-                z = 0.0
-                acc = 0.0
-                base = np.uint64((r * d + a) * d)
+                _row_exp(qa, k, shift, e, bits)
+                if p > 0.0:
+                    _row_mask(salt, a, d, p, scale, kept)
+                else:
+                    kept[:] = np.float32(1.0)
+                z = np.float32(0.0)
+                acc = np.float32(0.0)
                 for b in range(d):
-                    e = math.exp(qa * k[b] - shift)
-                    z += e
-                    if p > 0.0:
-                        if _uniform(seed, base + np.uint64(b)) >= p:
-                            acc += e * v[b]
-                    else:
-                        acc += e * v[b]
-                o = acc / z * scale
+                    z += e[b]
+                    acc += e[b] * v[b] * kept[b]
+                o = acc / z
                 pre[r, a] = o
                 out[r, a] = wo * o + bo
 
-    @numba.njit(parallel=True, cache=True)
-    def _backward_kernel(query, key, params, p, seed, grad_out, pre, dquery, dkey, dparams):
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _backward_kernel(
+        query, key, params, p, seed_lo, seed_hi, grad_out, pre, dquery, dkey, dparams
+    ):
         n, d = query.shape
         wq, wk, wv, bq, bk, bv, wo, bo = params
-        scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-        seed = np.uint64(seed)
+        scale = np.float32(1.0 / (1.0 - p)) if p < 1.0 else np.float32(0.0)
         for r in prange(n):
-            k = np.empty(d)
-            v = np.empty(d)
-            prob = np.empty(d)
-            kept = np.empty(d)
-            dk = np.zeros(d)
-            dv = np.zeros(d)
-            kmax, kmin = -np.inf, np.inf
+            k = np.empty(d, np.float32)
+            v = np.empty(d, np.float32)
+            prob = np.empty(d, np.float32)
+            kept = np.empty(d, np.float32)
+            bits = np.empty(d, np.int32)
+            dk = np.zeros(d, np.float32)
+            dv = np.zeros(d, np.float32)
+            kmax, kmin = np.float32(-np.inf), np.float32(np.inf)
             for b in range(d):
                 k[b] = wk * key[r, b] + bk
                 v[b] = wv * key[r, b] + bv
                 kmax = max(kmax, k[b])
                 kmin = min(kmin, k[b])
-            g_wq = g_bq = g_wo = g_bo = 0.0
+            salt = _row_salt(r, seed_lo, seed_hi)
+            g_wq = g_bq = g_wo = g_bo = np.float32(0.0)
             for a in range(d):
                 qa = wq * query[r, a] + bq
                 shift = qa * kmax if qa >= 0 else qa * kmin
-                z = 0.0
-                base = np.uint64((r * d + a) * d)
+                _row_exp(qa, k, shift, prob, bits)
+                if p > 0.0:
+                    _row_mask(salt, a, d, p, scale, kept)
+                else:
+                    kept[:] = np.float32(1.0)
+                z = np.float32(0.0)
                 for b in range(d):
-                    prob[b] = math.exp(qa * k[b] - shift)
                     z += prob[b]
-                    if p > 0.0:
-                        kept[b] = scale if _uniform(seed, base + np.uint64(b)) >= p else 0.0
-                    else:
-                        kept[b] = 1.0
+                inverse = np.float32(1.0) / z
                 g = grad_out[r, a]
                 g_wo += g * pre[r, a]
                 g_bo += g
                 go = g * wo
-                dot = 0.0
+                dot = np.float32(0.0)
                 for b in range(d):
-                    prob[b] /= z
-                    dot += prob[b] * go * v[b] * kept[b]
-                dq = 0.0
+                    prob[b] *= inverse
+                    dot += prob[b] * v[b] * kept[b]
+                dot *= go
+                dq = np.float32(0.0)
                 for b in range(d):
                     dv[b] += go * prob[b] * kept[b]
                     ds = prob[b] * (go * v[b] * kept[b] - dot)
@@ -122,7 +180,7 @@ if HAVE_NUMBA:
                 dquery[r, a] = dq * wq
                 g_wq += dq * query[r, a]
                 g_bq += dq
-            g_wk = g_bk = g_wv = g_bv = 0.0
+            g_wk = g_bk = g_wv = g_bv = np.float32(0.0)
             for b in range(d):
                 dkey[r, b] = dk[b] * wk + dv[b] * wv
                 g_wk += dk[b] * key[r, b]
@@ -139,9 +197,16 @@ if HAVE_NUMBA:
             dparams[r, 7] = g_bo
 
 
+def dropout_keep_mask(n: int, d: int, p: float, seed: int) -> np.ndarray:
+    """The [n, d, d] keep mask (1 kept, 0 dropped) the kernel uses for `seed`; for tests."""
+    out = np.empty((n, d, d), dtype=np.float32)
+    _mask_kernel(n, d, float(p), seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, out)
+    return out
+
+
 def _params(in_weight, in_bias, out_weight, out_bias) -> np.ndarray:
     flat = torch.cat([in_weight.reshape(3), in_bias.reshape(3), out_weight.reshape(1), out_bias])
-    return flat.detach().double().cpu().numpy()
+    return flat.detach().float().cpu().numpy()
 
 
 class FusedScalarTokenAttention(torch.autograd.Function):
@@ -149,30 +214,31 @@ class FusedScalarTokenAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, in_weight, in_bias, out_weight, out_bias, p: float, seed: int):
-        q = query.detach().contiguous().numpy()
-        kv = key.detach().contiguous().numpy()
+        q = query.detach().float().contiguous().numpy()
+        kv = key.detach().float().contiguous().numpy()
         params = _params(in_weight, in_bias, out_weight, out_bias)
         out = np.empty_like(q)
         pre = np.empty_like(q)
-        _forward_kernel(q, kv, params, float(p), seed, out, pre)
+        seed_lo, seed_hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+        _forward_kernel(q, kv, params, float(p), seed_lo, seed_hi, out, pre)
         ctx.save_for_backward(query, key)
-        ctx.params, ctx.p, ctx.seed, ctx.pre = params, float(p), seed, pre
-        return torch.from_numpy(out)
+        ctx.params, ctx.p, ctx.seeds, ctx.pre = params, float(p), (seed_lo, seed_hi), pre
+        return torch.from_numpy(out).to(query.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key = ctx.saved_tensors
-        q = query.detach().contiguous().numpy()
-        kv = key.detach().contiguous().numpy()
-        grad = grad_out.detach().contiguous().numpy()
+        q = query.detach().float().contiguous().numpy()
+        kv = key.detach().float().contiguous().numpy()
+        grad = grad_out.detach().float().contiguous().numpy()
         dquery = np.empty_like(q)
         dkey = np.empty_like(q)
-        dparams = np.empty((q.shape[0], 8))
-        _backward_kernel(q, kv, ctx.params, ctx.p, ctx.seed, grad, ctx.pre, dquery, dkey, dparams)
-        total = torch.from_numpy(dparams.sum(0)).to(query.dtype)
+        dparams = np.empty((q.shape[0], 8), dtype=np.float32)
+        _backward_kernel(q, kv, ctx.params, ctx.p, *ctx.seeds, grad, ctx.pre, dquery, dkey, dparams)
+        total = torch.from_numpy(dparams.sum(0, dtype=np.float64)).to(query.dtype)
         return (
-            torch.from_numpy(dquery),
-            torch.from_numpy(dkey),
+            torch.from_numpy(dquery).to(query.dtype),
+            torch.from_numpy(dkey).to(query.dtype),
             total[0:3].reshape(3, 1),
             total[3:6].clone(),
             total[6:7].reshape(1, 1),
