@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from rearm.errors import ConfigError
+from rearm.graphs.kernels import gather_sum, item_rows_sum, pair_sums
 from rearm.graphs.sparse import as_binary_csr, to_torch
 
 KNN_METHODS = ("exact", "faiss")
@@ -182,23 +183,20 @@ def user_interest_neighbours(
     if gram is None:
         gram = gram_matrix(features)
     num_users, num_items = r.shape
-    if interest is None:
-        interest = user_interest(r, features)
-    # Cosine is scale free, so the norms of the means P serve the unscaled sums R X as well.
-    degree = torch.from_numpy(np.diff(r.indptr).astype(np.float32))
-    norms = torch.linalg.vector_norm(torch.from_numpy(interest), dim=1) * degree
+    gram_array = np.ascontiguousarray(gram.numpy(), dtype=np.float32)
+    # Cosine is scale free: the norms of the sums R_u X (sum of G over pairs of the user's items)
+    # serve the means P as well, without forming P.
+    norms = torch.from_numpy(np.sqrt(np.maximum(pair_sums(r, gram_array), 0.0)).astype(np.float32))
     nonzero = norms > 0
     inverse = torch.where(nonzero, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
-    gram_array = gram.numpy()
     block = block_size or max(1, DEFAULT_BLOCK_ENTRIES // max(num_users, num_items, 1))
 
     def similarity_block(start: int, end: int) -> torch.Tensor:
-        # S_b^T = R (R_b G)^T, [U, b]: G is symmetric, and producing the transposed block keeps
-        # every scipy product on C-ordered operands (numpy transposes measured slow here).
-        left = torch.from_numpy(_sparse_dense(r[start:end], gram_array))  # [b, I] = R_b G
-        dots = torch.from_numpy(_sparse_dense(r, left.T.contiguous().numpy()))  # [U, b]
-        dots.mul_(inverse[:, None])  # candidate norms; the row's own norm does not change ranks
-        return dots.T
+        # [b, U] = (R_b G) R^T, both products on every core (rearm.graphs.kernels)
+        left = item_rows_sum(r, np.arange(start, end), gram_array)
+        dots = torch.from_numpy(gather_sum(left, r))
+        dots.mul_(inverse[None, :])  # candidate norms; the row's own norm does not change ranks
+        return dots
 
     return _top_k_blocks(similarity_block, num_users, k, nonzero, block, row_scale=inverse)
 
