@@ -372,3 +372,25 @@ def test_fused_attention_dropout_keeps_the_expected_fraction_unbiased():
         out = fused(torch.randn(4000, 32), torch.randn(4000, 32))
     assert abs(out.mean().item() - 1.0) < 0.01
     assert not torch.allclose(out, torch.ones_like(out))
+
+
+def test_table_projection_matches_linear_including_accumulation():
+    from rearm.models.layers import TableProjection
+
+    torch.manual_seed(2)
+    projection = TableProjection(12, 4)
+    linear = nn.Linear(12, 4)
+    linear.load_state_dict(projection.state_dict())
+    table_a = nn.Parameter(torch.randn(30, 12))
+    table_b = nn.Parameter(table_a.detach().clone())
+    probe = torch.randn(30, 4)
+    for _ in range(2):  # the second pass accumulates into .grad
+        (projection(table_a) * probe).sum().backward()
+        (linear(table_b) * probe).sum().backward()
+    assert torch.allclose(projection(table_a), linear(table_b))
+    assert torch.allclose(table_a.grad, table_b.grad, atol=1e-6)
+    assert torch.allclose(projection.weight.grad, linear.weight.grad, atol=1e-5)
+    assert torch.allclose(projection.bias.grad, linear.bias.grad, atol=1e-5)
+    table_a.grad = None  # as zero_grad(set_to_none=True): the buffer is reused, values fresh
+    (projection(table_a) * probe).sum().backward()
+    assert torch.allclose(table_a.grad, table_b.grad / 2, atol=1e-6)

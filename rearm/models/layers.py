@@ -10,7 +10,34 @@ from torch import Tensor, nn
 from rearm.models.kernels import HAVE_NUMBA, FusedScalarTokenAttention
 
 
-def propagate(graph: Tensor, x: Tensor, num_layers: int, combine: str = "mean") -> Tensor:
+class _GraphProduct(torch.autograd.Function):
+    """y = graph @ x with the backward product taken with a transpose built once, instead of the
+    generic sparse backward, which re-derives the transposed pattern at every step."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, graph: Tensor, transpose: Tensor) -> Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(graph, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return torch.sparse.mm(ctx.transpose, grad), None, None
+
+
+def sparse_transpose(graph: Tensor) -> Tensor:
+    """The transpose of a sparse matrix in the same layout (CSR stays CSR)."""
+    if graph.layout == torch.sparse_csr:
+        return graph.t().to_sparse_csr()
+    return graph.t().coalesce()
+
+
+def propagate(
+    graph: Tensor,
+    x: Tensor,
+    num_layers: int,
+    combine: str = "mean",
+    transpose: Tensor | None = None,
+) -> Tensor:
     """Apply `x <- graph @ x` num_layers times.
 
     Args:
@@ -18,6 +45,8 @@ def propagate(graph: Tensor, x: Tensor, num_layers: int, combine: str = "mean") 
         x: dense [n, dim].
         combine: "mean" averages x, graph x, ..., graph^L x (LightGCN); "last" keeps graph^L x
             (REARM's homograph propagation).
+        transpose: graph^T, built once by the caller (`sparse_transpose`), for a cheaper backward;
+            without it the generic sparse backward is used.
     Returns: dense [n, dim].
     """
     if combine not in ("mean", "last"):
@@ -26,7 +55,10 @@ def propagate(graph: Tensor, x: Tensor, num_layers: int, combine: str = "mean") 
         return x
     total = x if combine == "mean" else None
     for _ in range(num_layers):
-        x = torch.sparse.mm(graph, x)
+        if transpose is not None and x.requires_grad:
+            x = _GraphProduct.apply(x, graph, transpose)
+        else:
+            x = torch.sparse.mm(graph, x)
         if total is not None:
             total = total + x
     return total / (num_layers + 1) if total is not None else x
@@ -193,6 +225,58 @@ def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
     return (first.T @ second).pow(2).mean()
 
 
+class _TableProjection(torch.autograd.Function):
+    """table @ weight^T + bias whose backward writes the table's gradient straight into a
+    persistent buffer (becoming `table.grad`) instead of a fresh [rows, dim] tensor: for the
+    4096-d feature tables that is hundreds of MB of new pages per step otherwise."""
+
+    @staticmethod
+    def forward(ctx, table, weight, bias, owner):
+        ctx.save_for_backward(table, weight)
+        ctx.owner = owner
+        return torch.addmm(bias, table, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        table, weight = ctx.saved_tensors
+        grad_weight = grad.t() @ table if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[0]:
+            if table.grad is None:
+                buffer = ctx.owner.table_grad_buffer(table)
+                torch.mm(grad, weight, out=buffer)
+                table.grad = buffer
+            else:  # accumulate like autograd would
+                table.grad.addmm_(grad, weight)
+        return None, grad_weight, grad_bias, None
+
+
+class TableProjection(nn.Module):
+    """Linear(in_dim -> out_dim), Xavier-normal weight, zero bias, applied to a whole trainable
+    feature table (REARM's W_m X_m); same values and gradients as nn.Linear, cheaper backward."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        nn.init.xavier_normal_(self.weight)
+        self._buffer: Tensor | None = None
+
+    def table_grad_buffer(self, table: Tensor) -> Tensor:
+        if (
+            self._buffer is None
+            or self._buffer.shape != table.shape
+            or self._buffer.device != table.device
+        ):
+            self._buffer = torch.empty_like(table)
+        return self._buffer
+
+    def forward(self, table: Tensor) -> Tensor:
+        if table.requires_grad and table.is_leaf and torch.is_grad_enabled():
+            return _TableProjection.apply(table, self.weight, self.bias, self)
+        return F.linear(table, self.weight, self.bias)
+
+
 def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
     layer = nn.Linear(in_dim, out_dim)
     nn.init.xavier_normal_(layer.weight)
@@ -211,10 +295,12 @@ __all__ = [
     "MetaNetwork",
     "ModalityAttention",
     "ScalarTokenAttention",
+    "TableProjection",
     "bpr_loss",
     "info_nce",
     "normal_embedding",
     "orthogonal_loss",
     "propagate",
+    "sparse_transpose",
     "xavier_linear",
 ]

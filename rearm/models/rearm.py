@@ -25,12 +25,13 @@ from rearm.models.base import ProgressFn, Recommender
 from rearm.models.layers import (
     MetaNetwork,
     ModalityAttention,
+    TableProjection,
     bpr_loss,
     info_nce,
     normal_embedding,
     orthogonal_loss,
     propagate,
-    xavier_linear,
+    sparse_transpose,
 )
 
 
@@ -100,6 +101,11 @@ class REARM(Recommender):
         self.register_buffer("bipartite", bipartite, persistent=False)
         self.register_buffer("item_homograph", item_homograph, persistent=False)
         self.register_buffer("user_homograph", user_homograph, persistent=False)
+        # transposes for the backward products, built once (rearm.models.layers.propagate)
+        for name in ("bipartite", "item_homograph", "user_homograph"):
+            graph = getattr(self, name)
+            transpose = None if graph is None else sparse_transpose(graph)
+            self.register_buffer(f"{name}_transpose", transpose, persistent=False)
 
         self.user_id = normal_embedding(self.num_users, embedding_dim)
         self.item_id = normal_embedding(self.num_items, embedding_dim)
@@ -118,10 +124,10 @@ class REARM(Recommender):
             for m in self.modalities
         )
         self.item_projections = nn.ModuleList(
-            xavier_linear(table.shape[1], embedding_dim) for table in self.item_tables
+            TableProjection(table.shape[1], embedding_dim) for table in self.item_tables
         )
         self.user_projections = nn.ModuleList(
-            xavier_linear(table.shape[1], embedding_dim) for table in self.user_tables
+            TableProjection(table.shape[1], embedding_dim) for table in self.user_tables
         )
         # one LayerNorm and one PReLU shared by the attention block, the user views and h
         self.norm = nn.LayerNorm(embedding_dim)
@@ -142,11 +148,11 @@ class REARM(Recommender):
 
     # ----------------------------------------------------------------------------------------
     def _homography(
-        self, ids: Tensor, tables, projections, graph: Tensor | None, layers: int
+        self, ids: Tensor, tables, projections, graph: Tensor | None, transpose, layers: int
     ) -> tuple[Tensor, list[Tensor]]:
         z = torch.cat([ids] + [proj(table) for proj, table in zip(projections, tables)], dim=1)
         if graph is not None and layers > 0:
-            z = propagate(graph, z, layers, combine="last")
+            z = propagate(graph, z, layers, combine="last", transpose=transpose)
         z = F.normalize(z, dim=1)
         parts = z.split(self.dim, dim=1)
         return parts[0], list(parts[1:])
@@ -164,6 +170,7 @@ class REARM(Recommender):
             self.item_tables,
             self.item_projections,
             self.item_homograph,
+            self.item_homograph_transpose,
             self.item_homograph_layers,
         )
         user_ids, user_views = self._homography(
@@ -171,6 +178,7 @@ class REARM(Recommender):
             self.user_tables,
             self.user_projections,
             self.user_homograph,
+            self.user_homograph_transpose,
             self.user_homograph_layers,
         )
         item_views = self.attention(item_views)
@@ -183,7 +191,13 @@ class REARM(Recommender):
             ],
             dim=0,
         )
-        stacked = propagate(self.bipartite, stacked, self.num_layers, combine="mean")
+        stacked = propagate(
+            self.bipartite,
+            stacked,
+            self.num_layers,
+            combine="mean",
+            transpose=self.bipartite_transpose,
+        )
         fused = len(self.modalities) * self.dim
         modal, ids = stacked[:, :fused], stacked[:, fused:]
         blocks = [self.activation(view) + ids for view in modal.split(self.dim, dim=1)]
