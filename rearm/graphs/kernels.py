@@ -38,14 +38,35 @@ if HAVE_NUMBA:
 
     @numba.njit(parallel=True, cache=True)
     def _gather_sum(left, indptr, indices, out):
+        # four rows of `left` per pass over the index stream: each index is loaded once for
+        # four gathers (measured 3-5x faster than one row at a time on Baby)
         num_rows = left.shape[0]
         num_users = len(indptr) - 1
-        for r in prange(num_rows):
-            for u in range(num_users):
-                total = np.float32(0.0)
-                for p in range(indptr[u], indptr[u + 1]):
-                    total += left[r, indices[p]]
-                out[r, u] = total
+        for c in prange((num_rows + 3) // 4):
+            r0 = 4 * c
+            if r0 + 4 <= num_rows:
+                for u in range(num_users):
+                    a0 = np.float32(0.0)
+                    a1 = np.float32(0.0)
+                    a2 = np.float32(0.0)
+                    a3 = np.float32(0.0)
+                    for p in range(indptr[u], indptr[u + 1]):
+                        i = indices[p]
+                        a0 += left[r0, i]
+                        a1 += left[r0 + 1, i]
+                        a2 += left[r0 + 2, i]
+                        a3 += left[r0 + 3, i]
+                    out[r0, u] = a0
+                    out[r0 + 1, u] = a1
+                    out[r0 + 2, u] = a2
+                    out[r0 + 3, u] = a3
+            else:
+                for r in range(r0, num_rows):
+                    for u in range(num_users):
+                        total = np.float32(0.0)
+                        for p in range(indptr[u], indptr[u + 1]):
+                            total += left[r, indices[p]]
+                        out[r, u] = total
 
     @numba.njit(parallel=True, cache=True)
     def _pair_sums(indptr, indices, gram, out):
@@ -75,7 +96,7 @@ def gather_sum(left: np.ndarray, train: sp.csr_matrix) -> np.ndarray:
     if not HAVE_NUMBA:
         return np.asarray(train @ left.T, dtype=np.float32).T.copy()
     out = np.empty((left.shape[0], train.shape[0]), dtype=np.float32)
-    _gather_sum(left, train.indptr.astype(np.int64), train.indices.astype(np.int64), out)
+    _gather_sum(left, train.indptr.astype(np.int64), train.indices.astype(np.int32), out)
     return out
 
 
