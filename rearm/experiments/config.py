@@ -139,6 +139,12 @@ def resolve_config(
     for key, annotation in TOP_LEVEL_TYPES.items():
         top[key] = check_type(top[key], annotation, f"{label}: {key}")
 
+    if top["data"] is None and top["preset"] is None:
+        # the embedded synthetic default trains with the model's "synthetic" preset
+        from rearm.models.presets import PRESETS, SYNTHETIC_PRESET
+
+        if SYNTHETIC_PRESET in PRESETS.get(top["model"], {}):
+            top["preset"] = SYNTHETIC_PRESET
     model_class = get_model(top["model"])
     known_hyper = model_class.hyperparameters()
     training = dict(TRAINING_DEFAULTS)

@@ -72,7 +72,20 @@ _REARM = {
     },
 }
 
-PRESETS: dict[str, dict[str, dict]] = {"rearm": _REARM}
+# The embedded synthetic default (`rearm train` without --data uses the "synthetic" preset of the
+# model when it has one): published architecture, a learning rate and epoch budget that make a
+# full run on 2,000 users x 1,000 items finish in about a minute on 2 CPU cores.
+_REARM["synthetic"] = {
+    "hyperparameters": {"user_knn_k": 10, "item_knn_k": 10},
+    "training": {"learning_rate": 1e-2, "weight_decay": 0.0, "epochs": 20, "patience": 5},
+}
+_BASELINE_SYNTHETIC = {"training": {"learning_rate": 1e-2, "epochs": 25, "patience": 5}}
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "rearm": _REARM,
+    **{name: {"synthetic": _BASELINE_SYNTHETIC} for name in ("mf", "lightgcn", "vbpr", "freedom")},
+}
+SYNTHETIC_PRESET = "synthetic"
 
 
 def get_preset(model: str, name: str) -> dict:
