@@ -394,3 +394,58 @@ def test_table_projection_matches_linear_including_accumulation():
     table_a.grad = None  # as zero_grad(set_to_none=True): the buffer is reused, values fresh
     (projection(table_a) * probe).sum().backward()
     assert torch.allclose(table_a.grad, table_b.grad / 2, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_dataset():
+    from rearm.data.synth import make_synthetic
+
+    return make_synthetic(
+        num_users=50,
+        num_items=30,
+        modalities={"image": 8, "text": 4},
+        seed=4,
+        interactions_per_user=6,
+    )
+
+
+def _dense(graph):
+    return None if graph is None else graph.to_dense()
+
+
+def _graph_options():
+    return dict(
+        user_knn_k=5, item_knn_k=4, user_cooccurrence_weight=0.4, item_cooccurrence_weight=0.2
+    )
+
+
+def test_graph_ablations_change_only_the_graphs_they_name(small_dataset):
+    from rearm.graphs import build_graphs, modality_weights
+
+    full = REARM.from_dataset(small_dataset, **_graph_options())
+    graphs = build_graphs(
+        small_dataset,
+        user_knn_k=5,
+        item_knn_k=4,
+        user_modality_weights=modality_weights(small_dataset.modalities, 0.2),
+        item_modality_weights=modality_weights(small_dataset.modalities, 0.0),
+        user_cooccurrence_weight=0.4,
+        item_cooccurrence_weight=0.2,
+    )
+    assert torch.allclose(_dense(full.user_homograph), _dense(graphs.user_homograph))
+    cases = {
+        "no_user_graph": (None, _dense(full.item_homograph)),
+        "no_item_graph": (_dense(full.user_homograph), None),
+        "no_homographs": (None, None),
+        "cooccurrence_only": (_dense(graphs.user_cooccurrence), _dense(graphs.item_cooccurrence)),
+        "semantic_only": (_dense(graphs.user_interest_graph), _dense(graphs.item_semantic)),
+    }
+    for flag, (user_graph, item_graph) in cases.items():
+        model = REARM.from_dataset(small_dataset, **_graph_options(), **{flag: True})
+        for got, want in ((model.user_homograph, user_graph), (model.item_homograph, item_graph)):
+            if want is None:
+                assert got is None, flag
+            else:
+                assert torch.allclose(_dense(got), want, atol=1e-6), flag
+        assert torch.equal(_dense(model.bipartite), _dense(full.bipartite)), flag
+        assert model.num_layers == full.num_layers and model.use_meta, flag
