@@ -231,3 +231,15 @@ def test_ctrl_c_keeps_the_best_epoch():
     _, result = _fit_small(on_epoch_end=interrupt)
     assert result.interrupted and result.epochs_run == 2 and calls == [1, 2]
     assert result.best_epoch in (1, 2)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(small_data, tmp_path, run_cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(
+        "train", "--data", small_data, "--device", "cuda", "--out", tmp_path / "r", "--quiet"
+    )
+    assert code == 2 and "CUDA is not available" in err
+    assert not (tmp_path / "r").exists()

@@ -32,10 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one key (training key, model hyperparameter, or section.key)",
     )
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--patience", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--protocol", choices=["standard", "reference"])
+    train.add_argument("--epochs", type=int, help="most epochs to train (training.epochs)")
+    train.add_argument(
+        "--patience", type=int, help="early stop after this many epochs without valid gain"
+    )
+    train.add_argument("--seed", type=int, help="seed for python, numpy and torch (default 2025)")
+    train.add_argument(
+        "--protocol",
+        choices=["standard", "reference"],
+        help="negative sampling and masking rules (default standard; see protocol.json)",
+    )
     train.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--force", action="store_true", help="replace an existing run in --out")

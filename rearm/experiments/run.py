@@ -97,11 +97,11 @@ def train_run(
 ) -> dict:
     """Train `config` and write RUN_DIR; returns the results dict (also in results.json)."""
     from rearm.data.cache import GraphCache
-
     from rearm.evaluation.protocol import get_protocol
 
     started = time.perf_counter()
     progress = progress or Progress()
+    device = resolve_device(config.device)  # before anything is written
     out = prepare_run_dir(out, force)
     protocol = get_protocol(config.protocol)
     if dataset is None:
@@ -112,7 +112,6 @@ def train_run(
     write_json(out / "protocol.json", protocol_record(protocol, dataset))
 
     seed_everything(config.seed)
-    device = resolve_device(config.device)
     model_class = get_model(config.model)
     progress.line(
         f"building {config.model} ({dataset.num_users} users, {dataset.num_items} items, "

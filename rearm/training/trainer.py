@@ -18,6 +18,7 @@ import torch
 
 from rearm.data.dataset import Dataset
 from rearm.data.sampling import NegativeSampler, epoch_triples
+from rearm.errors import ConfigError
 from rearm.evaluation.protocol import Protocol
 from rearm.models.base import Recommender
 
@@ -30,9 +31,15 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; "cuda[:N]" must exist (ConfigError otherwise)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device: not a device name: {device!r}") from None
 
 
 def make_optimizer(
