@@ -287,6 +287,12 @@ def test_ablation_no_attention_feeds_views_through_activation_only():
     assert all(torch.allclose(o, model.activation(v)) for o, v in zip(out, views))
 
 
+def test_notes_name_the_quirks_in_effect():
+    assert make_model().notes() == []
+    notes = make_model(self_attention_dropout=1.0, train_feature_tables=False).notes()
+    assert len(notes) == 2 and "Sports" in notes[0] and "frozen" in notes[1]
+
+
 def test_dropout_one_makes_self_attention_constant_in_training():
     block = ScalarTokenAttention(dropout=1.0).train()
     with torch.no_grad():

@@ -189,6 +189,7 @@ def test_same_seed_same_metrics_and_reference_protocol_recorded(small_data, tmp_
     assert outs[0]["test"] == outs[1]["test"]
     protocol = json.loads((tmp_path / "a" / "protocol.json").read_text())
     assert protocol["negative_exclusion"] == ["train", "valid", "test"]
+    assert any(note.startswith("protocol reference:") for note in outs[0]["notes"])
     assert protocol["mask_at_test"] == ["train"]
 
 

@@ -193,6 +193,8 @@ def train_run(
             "total_s": round(time.perf_counter() - started, 3),
         },
         "trainable_parameters": trainable,
+        "notes": model.notes()
+        + ([f"protocol {protocol.name}: {protocol.quirk}"] if protocol.quirk else []),
         "device": str(device),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

@@ -52,6 +52,10 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch hook; most models need none."""
 
+    def notes(self) -> list[str]:
+        """Remarks a run records in results.json (e.g. a reproduced quirk in effect)."""
+        return []
+
     @classmethod
     def from_dataset(cls, dataset: Any, **kwargs: Any) -> Recommender:
         raise NotImplementedError

@@ -213,6 +213,20 @@ class REARM(Recommender):
             blocks.append(self.activation(shared) + ids)
         return torch.cat(blocks, dim=1), modal, ids
 
+    def notes(self) -> list[str]:
+        out = []
+        if self.attention.self_attention and self.attention.self_attention[0].dropout >= 1.0:
+            out.append(
+                "self_attention_dropout >= 1 (published Sports setting): while training every "
+                "self-attention weight is dropped, so that block outputs its bias; evaluation "
+                "attends normally"
+            )
+        if not self.item_tables[0].requires_grad:
+            out.append(
+                "train_feature_tables=false: raw feature tables frozen (not the published model)"
+            )
+        return out
+
     def embed(self) -> tuple[Tensor, Tensor]:
         h, _, _ = self.forward_all()
         return h[: self.num_users], h[self.num_users :]
