@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--item-knn-k", type=int)
     parser.add_argument("--save", help="write each graph as scipy .npz into this folder")
     parser.add_argument("--knn", choices=("exact", "faiss"), default="exact")
+    parser.add_argument("--nprobe", type=int, default=16, help="faiss lists probed per query")
+    parser.add_argument("--nlist", type=int, help="faiss inverted lists (default ~2 sqrt(n))")
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--users", type=int, default=2_000_000)
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     report: dict = {"knn": args.knn, "threads": args.threads}
+    if args.knn == "faiss":
+        report["faiss"] = {"nprobe": args.nprobe, "nlist": args.nlist or "2 sqrt(n)"}
     if args.synthetic:
         dims = {part.split(":")[0]: int(part.split(":")[1]) for part in args.dims.split(",")}
         train, features = synthetic(
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         user_cooccurrence_weight=preset["user_co"],
         item_cooccurrence_weight=preset["item_co"],
         knn_method=args.knn,
+        faiss_nprobe=args.nprobe,
+        faiss_nlist=args.nlist,
         seed=args.seed,
         progress=lambda step: (
             step_rss.__setitem__(step, round(peak_rss_mb(), 1)),

@@ -160,6 +160,8 @@ def user_interest_neighbours(
     block_size: int | None = None,
     gram_max_bytes: int = DEFAULT_GRAM_MAX_BYTES,
     seed: int = 2025,
+    nprobe: int = 16,
+    nlist: int | None = None,
     gram: torch.Tensor | None = None,
     interest: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +180,15 @@ def user_interest_neighbours(
     if chosen == "direct":
         if interest is None:
             interest = user_interest(r, features)
-        return knn_neighbours(interest, k, block_size=block_size, method=knn_method, seed=seed)
+        return knn_neighbours(
+            interest,
+            k,
+            block_size=block_size,
+            method=knn_method,
+            seed=seed,
+            nprobe=nprobe,
+            nlist=nlist,
+        )
 
     if gram is None:
         gram = gram_matrix(features)
