@@ -173,7 +173,7 @@ def naive_losses(model: REARM, users, pos, neg):
     pairs = list(itertools.combinations(range(len(views)), 2))
     tau = model.contrastive_temperature
 
-    def nce(x, y):
+    def info_nce_naive(x, y):
         x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
         total = 0.0
         for n in range(len(x)):
@@ -192,8 +192,8 @@ def naive_losses(model: REARM, users, pos, neg):
     unique_users = sorted(set(users.tolist()))
     unique_items = [U + i for i in sorted(set(pos.tolist()) | set(neg.tolist()))]
     cl = sum(
-        nce(views[a][unique_users], views[b][unique_users])
-        + nce(views[a][unique_items], views[b][unique_items])
+        info_nce_naive(views[a][unique_users], views[b][unique_users])
+        + info_nce_naive(views[a][unique_items], views[b][unique_items])
         for a, b in pairs
     ) / len(pairs)
     orth = sum(

@@ -25,7 +25,7 @@ class _GraphProduct(torch.autograd.Function):
 
 
 def sparse_transpose(graph: Tensor) -> Tensor:
-    """The transpose of a sparse matrix in the same layout (CSR stays CSR)."""
+    """The transpose of a sparse matrix in the same layout (CSR stays CSR, coordinate stays coordinate)."""
     if graph.layout == torch.sparse_csr:
         return graph.t().to_sparse_csr()
     return graph.t().coalesce()
@@ -41,7 +41,7 @@ def propagate(
     """Apply `x <- graph @ x` num_layers times.
 
     Args:
-        graph: sparse [n, n] (torch sparse CSR or COO).
+        graph: sparse [n, n] (torch sparse CSR or coordinate format).
         x: dense [n, dim].
         combine: "mean" averages x, graph x, ..., graph^L x (LightGCN); "last" keeps graph^L x
             (REARM's homograph propagation).
