@@ -82,6 +82,18 @@ if HAVE_NUMBA:
             out[b] = scale if (h >> np.uint32(8)) >= threshold else np.float32(0.0)
 
     @numba.njit(inline="always")
+    def _row_keys(row, wk, bk, wv, bv, k, v):
+        """Keys and values of one row's tokens into k, v; returns (max key, min key), whose
+        product with the query bounds the row's scores (the softmax shift)."""
+        kmax, kmin = np.float32(-np.inf), np.float32(np.inf)
+        for b in range(row.shape[0]):
+            k[b] = wk * row[b] + bk
+            v[b] = wv * row[b] + bv
+            kmax = max(kmax, k[b])
+            kmin = min(kmin, k[b])
+        return kmax, kmin
+
+    @numba.njit(inline="always")
     def _row_salt(r, seed_lo, seed_hi):
         return _mix32(np.uint32(_mix32(np.uint32(r) ^ np.uint32(seed_lo)) + np.uint32(seed_hi)))
 
@@ -103,12 +115,7 @@ if HAVE_NUMBA:
             e = np.empty(d, np.float32)
             kept = np.empty(d, np.float32)
             bits = np.empty(d, np.int32)
-            kmax, kmin = np.float32(-np.inf), np.float32(np.inf)
-            for b in range(d):
-                k[b] = wk * key[r, b] + bk
-                v[b] = wv * key[r, b] + bv
-                kmax = max(kmax, k[b])
-                kmin = min(kmin, k[b])
+            kmax, kmin = _row_keys(key[r], wk, bk, wv, bv, k, v)
             salt = _row_salt(r, seed_lo, seed_hi)
             for a in range(d):
                 qa = wq * query[r, a] + bq
@@ -142,12 +149,7 @@ if HAVE_NUMBA:
             bits = np.empty(d, np.int32)
             dk = np.zeros(d, np.float32)
             dv = np.zeros(d, np.float32)
-            kmax, kmin = np.float32(-np.inf), np.float32(np.inf)
-            for b in range(d):
-                k[b] = wk * key[r, b] + bk
-                v[b] = wv * key[r, b] + bv
-                kmax = max(kmax, k[b])
-                kmin = min(kmin, k[b])
+            kmax, kmin = _row_keys(key[r], wk, bk, wv, bv, k, v)
             salt = _row_salt(r, seed_lo, seed_hi)
             g_wq = g_bq = g_wo = g_bo = np.float32(0.0)
             for a in range(d):
