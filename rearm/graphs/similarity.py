@@ -98,9 +98,9 @@ def knn_neighbours(
     x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32))
     if x.ndim != 2:
         raise ConfigError(f"knn features must be 2-D, got shape {tuple(x.shape)}")
-    normed, nonzero = _normalise(x)
     if method == "faiss":
-        return _faiss_neighbours(normed, nonzero, k, nlist=nlist, nprobe=nprobe, seed=seed)
+        return _faiss_neighbours(x, k, nlist=nlist, nprobe=nprobe, seed=seed)
+    normed, nonzero = _normalise(x)
     n = x.shape[0]
     block = block_size or max(1, DEFAULT_BLOCK_ENTRIES // max(n, 1))
 
@@ -367,45 +367,57 @@ def _normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _faiss_neighbours(
-    normed: torch.Tensor,
-    nonzero: torch.Tensor,
+    x: torch.Tensor,
     k: int,
     *,
     nlist: int | None,
     nprobe: int,
     seed: int,
+    chunk: int = 1 << 16,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate cosine kNN lists with a faiss inverted-file index. Rows are normalised chunk
+    by chunk as they are added and searched, so no normalised copy of all rows is held (at 2M x
+    384 that copy alone is 3 GB beside the index's own)."""
     try:
         import faiss
     except ImportError as error:  # optional dependency
         raise ConfigError(
             "knn method 'faiss' needs the optional faiss-cpu package: pip install 'rearm[faiss]'"
         ) from error
-    data = np.ascontiguousarray(normed.numpy(), dtype=np.float32)
-    n, dim = data.shape
+    n, dim = x.shape
     kk = min(k, n)
+
+    def normalised(rows) -> tuple[np.ndarray, np.ndarray]:
+        normed, nonzero = _normalise(x[rows])
+        return np.ascontiguousarray(normed.numpy(), dtype=np.float32), nonzero.numpy()
+
     # ~2 sqrt(n) lists trained on 30 points per list: k-means stays a small part of the cost.
     lists = nlist or max(1, min(int(2 * np.sqrt(n)), n // 39))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
     train_rows = np.random.default_rng(seed).choice(n, size=min(n, 30 * lists), replace=False)
     index.cp.seed = seed
-    index.train(data[np.sort(train_rows)])
-    index.add(data)
+    index.train(normalised(torch.from_numpy(np.sort(train_rows)))[0])
+    for start in range(0, n, chunk):
+        index.add(normalised(slice(start, min(start + chunk, n)))[0])
     index.nprobe = min(nprobe, lists)
-    # One extra slot so self can be forced in without losing a neighbour.
-    sims, indices = index.search(data, kk + 1 if kk < n else kk)
-    rows = np.arange(n)[:, None]
-    not_self = indices != rows
-    # Keep the first kk - 1 non-self neighbours (stable order), then prepend self.
-    order = np.argsort(~not_self, axis=1, kind="stable")
-    indices = np.take_along_axis(indices, order, 1)[:, : kk - 1]
-    sims = np.take_along_axis(sims, order, 1)[:, : kk - 1]
-    indices = np.concatenate([rows, indices], axis=1).astype(np.int64)
-    sims = np.concatenate([np.ones((n, 1), np.float32), sims], axis=1).astype(np.float32)
-    zero = ~nonzero.numpy()
-    indices[zero, 1:] = -1
-    sims[zero, 1:] = 0.0
+    indices = np.empty((n, kk), dtype=np.int64)
+    sims = np.empty((n, kk), dtype=np.float32)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        queries, nonzero = normalised(slice(start, end))
+        # One extra slot so self can be forced in without losing a neighbour.
+        found_sims, found = index.search(queries, kk + 1 if kk < n else kk)
+        rows = np.arange(start, end)[:, None]
+        # Keep the first kk - 1 non-self neighbours (stable order), then prepend self.
+        order = np.argsort(found == rows, axis=1, kind="stable")
+        indices[start:end, 0] = rows[:, 0]
+        indices[start:end, 1:] = np.take_along_axis(found, order, 1)[:, : kk - 1]
+        sims[start:end, 0] = 1.0
+        sims[start:end, 1:] = np.take_along_axis(found_sims, order, 1)[:, : kk - 1]
+        zero = np.flatnonzero(~nonzero)
+        indices[start + zero, 1:] = -1
+        sims[start + zero, 1:] = 0.0
     return indices, sims
 
 
