@@ -94,6 +94,17 @@ if HAVE_NUMBA:
         return kmax, kmin
 
     @numba.njit(inline="always")
+    def _token_weights(qa, k, kmax, kmin, salt, a, p, scale, e, kept, bits):
+        """For query token a (value qa): e[b] = exp(qa k[b] - max_b qa k[b]) (unnormalised
+        softmax) and kept[b] = its dropout factor (scale or 0; 1 without dropout)."""
+        shift = qa * kmax if qa >= 0 else qa * kmin
+        _row_exp(qa, k, shift, e, bits)
+        if p > 0.0:
+            _row_mask(salt, a, k.shape[0], p, scale, kept)
+        else:
+            kept[:] = np.float32(1.0)
+
+    @numba.njit(inline="always")
     def _row_salt(r, seed_lo, seed_hi):
         return _mix32(np.uint32(_mix32(np.uint32(r) ^ np.uint32(seed_lo)) + np.uint32(seed_hi)))
 
@@ -118,13 +129,9 @@ if HAVE_NUMBA:
             kmax, kmin = _row_keys(key[r], wk, bk, wv, bv, k, v)
             salt = _row_salt(r, seed_lo, seed_hi)
             for a in range(d):
-                qa = wq * query[r, a] + bq
-                shift = qa * kmax if qa >= 0 else qa * kmin
-                _row_exp(qa, k, shift, e, bits)
-                if p > 0.0:
-                    _row_mask(salt, a, d, p, scale, kept)
-                else:
-                    kept[:] = np.float32(1.0)
+                _token_weights(
+                    wq * query[r, a] + bq, k, kmax, kmin, salt, a, p, scale, e, kept, bits
+                )
                 z = np.float32(0.0)
                 acc = np.float32(0.0)
                 for b in range(d):
@@ -154,12 +161,7 @@ if HAVE_NUMBA:
             g_wq = g_bq = g_wo = g_bo = np.float32(0.0)
             for a in range(d):
                 qa = wq * query[r, a] + bq
-                shift = qa * kmax if qa >= 0 else qa * kmin
-                _row_exp(qa, k, shift, prob, bits)
-                if p > 0.0:
-                    _row_mask(salt, a, d, p, scale, kept)
-                else:
-                    kept[:] = np.float32(1.0)
+                _token_weights(qa, k, kmax, kmin, salt, a, p, scale, prob, kept, bits)
                 z = np.float32(0.0)
                 for b in range(d):
                     z += prob[b]
