@@ -50,6 +50,10 @@ class Bundle:
     def num_items(self) -> int:
         return self.item_repr.shape[0]
 
+    def split(self, name: str) -> sp.csr_matrix:
+        """The saved interactions of one split (same accessor as Dataset.split)."""
+        return self.interactions[name]
+
     def evaluate(self, split: str, batch_size: int = 1024) -> dict[str, float]:
         """Full-ranking metrics of the saved representations under the run's protocol."""
         from rearm.evaluation import evaluate_model
@@ -60,8 +64,7 @@ class Bundle:
         protocol = get_protocol(self.meta["protocol"])
         users = torch.from_numpy(self.user_repr)
         items = torch.from_numpy(self.item_repr)
-        masked = protocol.mask_at_valid if split == "valid" else protocol.mask_at_test
-        mask = _union([self.interactions[name] for name in masked])
+        mask = protocol.mask_matrix(self, split)  # the bundle serves as the data set here
         return evaluate_model(
             lambda index: users[index] @ items.T,
             self.interactions[split],
@@ -114,15 +117,6 @@ class Bundle:
                 }
             )
         return out
-
-
-def _union(matrices: list[sp.csr_matrix]) -> sp.csr_matrix | None:
-    if not matrices:
-        return None
-    total = matrices[0]
-    for matrix in matrices[1:]:
-        total = total + matrix
-    return total.tocsr()
 
 
 def save_bundle(
