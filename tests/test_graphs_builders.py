@@ -15,8 +15,10 @@ from rearm.graphs import (
     bipartite_graph,
     combine_modalities,
     cooccurrence_graph,
+    gram_matrix,
     homograph,
     item_cooccurrence_graph,
+    kernels,
     knn_graph,
     knn_neighbours,
     modality_weights,
@@ -37,6 +39,15 @@ def random_train(num_users: int, num_items: int, density: float, seed: int) -> s
     rng = np.random.default_rng(seed)
     matrix = (rng.random((num_users, num_items)) < density).astype(np.float32)
     return sp.csr_matrix(matrix)
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def kernel_mode(request, monkeypatch):
+    """Run a test with the parallel numba kernels and again with their numpy fallbacks."""
+    if request.param == "numba" and not kernels.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", request.param == "numba")
+    return request.param
 
 
 # ---------------------------------------------------------------- naive reference versions
@@ -240,7 +251,7 @@ def test_cooccurrence_rejects_bad_options():
 # ---------------------------------------------------------------- kNN / user interest
 
 
-def test_knn_matches_naive_with_zero_rows():
+def test_knn_matches_naive_with_zero_rows(kernel_mode):
     rng = np.random.default_rng(0)
     features = rng.standard_normal((40, 6)).astype(np.float32)
     features[7] = 0
@@ -253,7 +264,7 @@ def test_knn_matches_naive_with_zero_rows():
     assert list(np.flatnonzero(got[7])) == [7]
 
 
-def test_knn_self_kept_with_duplicate_rows_and_block_sizes():
+def test_knn_self_kept_with_duplicate_rows_and_block_sizes(kernel_mode):
     rng = np.random.default_rng(1)
     features = rng.standard_normal((25, 4)).astype(np.float32)
     features[10] = features[3]  # duplicates: cosine 1 with each other
@@ -270,7 +281,7 @@ def test_knn_self_kept_with_duplicate_rows_and_block_sizes():
     assert knn_graph(features[:3], 10).values().shape[0] == 9
 
 
-def test_user_interest_means_and_zero_users():
+def test_user_interest_means_and_zero_users(kernel_mode):
     train = random_train(15, 10, 0.3, 5).toarray()
     train[4] = 0
     features = np.random.default_rng(2).standard_normal((10, 3)).astype(np.float32)
@@ -283,7 +294,7 @@ def test_user_interest_means_and_zero_users():
 
 
 @pytest.mark.parametrize("method", ["direct", "gram", "auto"])
-def test_user_interest_graph_methods_match_naive(method):
+def test_user_interest_graph_methods_match_naive(method, kernel_mode):
     train = random_train(45, 30, 0.12, 6).toarray()
     train[9] = 0
     features = np.random.default_rng(3).standard_normal((30, 8)).astype(np.float32)
@@ -297,6 +308,61 @@ def test_user_interest_graph_methods_match_naive(method):
     for u in range(45):
         assert set(np.flatnonzero(got[u])) == set(np.flatnonzero(expected[u])), u
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gram_matrix_blocks_and_mirror(kernel_mode):
+    features = np.random.default_rng(8).standard_normal((150, 7)).astype(np.float32)
+    expected = features.astype(np.float64) @ features.T.astype(np.float64)
+    got = gram_matrix(features, block_size=64).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(got, got.T)
+    buffer = np.full((150, 150), np.nan, dtype=np.float32)
+    shared = gram_matrix(features, block_size=33, out=buffer)
+    assert np.shares_memory(shared.numpy(), buffer)
+    np.testing.assert_array_equal(buffer, buffer.T)
+    np.testing.assert_allclose(buffer, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ConfigError, match="out must be"):
+        gram_matrix(features, out=np.empty((150, 149), dtype=np.float32))
+
+
+def naive_top_k(scaled: np.ndarray, slots: int, skip: np.ndarray) -> tuple:
+    vals = np.zeros((len(scaled), slots), dtype=np.float32)
+    cols = np.full((len(scaled), slots), -1)
+    for r, row in enumerate(scaled):
+        ranked = sorted((-v, c) for c, v in enumerate(row) if c != skip[r])[:slots]
+        vals[r, : len(ranked)] = [-v for v, _ in ranked]
+        cols[r, : len(ranked)] = [c for _, c in ranked]
+    return vals, cols
+
+
+def test_row_top_k_order_ties_skip_and_short_rows(kernel_mode):
+    rng = np.random.default_rng(9)
+    block = rng.integers(-3, 4, size=(9, 12)).astype(np.float32)  # many exact ties
+    scale = rng.choice([0.5, 1.0, 2.0], size=12).astype(np.float32)
+    skip = np.array([0, 3, -1, 11, 5, 5, 2, -1, 7])
+    for slots in (0, 1, 4, 11, 13):
+        vals, cols = kernels.row_top_k(block, slots, skip, scale)
+        want_vals, want_cols = naive_top_k(block * scale, slots, skip)
+        np.testing.assert_array_equal(cols, want_cols, err_msg=f"slots={slots}")
+        np.testing.assert_array_equal(vals, want_vals)
+    vals, cols = kernels.row_top_k(block, 5, skip)
+    np.testing.assert_array_equal(cols, naive_top_k(block, 5, skip)[1])
+
+
+def test_gather_top_k_matches_the_dense_product(kernel_mode):
+    rng = np.random.default_rng(10)
+    train = random_train(23, 17, 0.2, 11).toarray()
+    train[4] = 0  # a user without items: every sum 0
+    train = sp.csr_matrix(train)
+    left = rng.integers(-2, 3, size=(7, 17)).astype(np.float32)  # 7 rows: a 4-row pass + 3
+    scale = rng.choice([0.0, 0.5, 1.0], size=23).astype(np.float32)
+    skip = np.array([0, 1, 2, 30, -1, 5, 22])
+    dense_sums = left @ train.toarray().T
+    for slots in (0, 3, 8, 22, 25):
+        vals, cols = kernels.gather_top_k(left, train, slots, skip, scale)
+        want_vals, want_cols = naive_top_k(dense_sums * scale, slots, skip)
+        np.testing.assert_array_equal(cols, want_cols, err_msg=f"slots={slots}")
+        np.testing.assert_allclose(vals, want_vals, rtol=1e-6)
 
 
 def test_faiss_knn_recall_when_available():

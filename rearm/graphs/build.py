@@ -35,7 +35,7 @@ from rearm.graphs.similarity import (
 from rearm.graphs.sparse import as_binary_csr, to_scipy, to_torch
 
 # Bump when a builder's output changes for the same inputs, so cached graphs are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: kNN ties keep the lower index (were torch.topk's order)
 
 
 @dataclass
@@ -262,6 +262,8 @@ def build_graphs(
     if knn_method == "faiss":
         knn_options.update(nprobe=faiss_nprobe, nlist=faiss_nlist)
 
+    buffers: dict[str, np.ndarray] = {}
+
     def semantic(name: str) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
         """(item kNN graph, user interest graph) of one modality; None where its weight is 0."""
         features = dataset.features[name]
@@ -280,10 +282,13 @@ def build_graphs(
         shared: dict[str, torch.Tensor] = {}
 
         def gram() -> torch.Tensor:
-            # One X X^T per modality serves the item kNN and the gram user interest path.
+            # One X X^T per modality serves the item kNN and the gram user interest path; the
+            # modalities take turns in one buffer.
             if "gram" not in shared:
                 started = time.perf_counter()
-                shared["gram"] = gram_matrix(features)
+                if "gram" not in buffers:
+                    buffers["gram"] = np.empty((train.shape[1],) * 2, dtype=np.float32)
+                shared["gram"] = gram_matrix(features, out=buffers["gram"])
                 timings[f"gram:{name}"] = time.perf_counter() - started
             return shared["gram"]
 
