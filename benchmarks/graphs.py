@@ -27,30 +27,21 @@ import scipy.sparse as sp
 import torch
 
 from rearm.data.dataset import Dataset
-from rearm.graphs import build_graphs, modality_weights, neighbour_recall, to_scipy
+from rearm.graphs import (
+    GRAPH_FILES,
+    build_graphs,
+    neighbour_recall,
+    save_graphs,
+    to_scipy,
+)
+from rearm.graphs.build import graph_seconds
 from rearm.graphs.similarity import exact_neighbours_of_rows as sample_recall_lists
+from rearm.models import get_model
+from rearm.models.presets import get_preset
 
-# Section 10 of REARM_SPEC.md: the graph parameters of the published presets.
-PRESETS = {
-    "baby": dict(
-        user_image_weight=0.2, item_image_weight=0.0, user_co=0.4, item_co=0.2, user_k=40, item_k=10
-    ),
-    "sports": dict(
-        user_image_weight=0.0, item_image_weight=0.2, user_co=0.9, item_co=0.2, user_k=25, item_k=5
-    ),
-    "clothing": dict(
-        user_image_weight=0.1, item_image_weight=0.1, user_co=0.7, item_co=0.1, user_k=45, item_k=10
-    ),
-}
-SAVE_NAMES = {
-    "bipartite": "bipartite.npz",
-    "item_cooccurrence": "item_cooccurrence.npz",
-    "user_cooccurrence": "user_cooccurrence.npz",
-    "item_semantic": "item_semantic.npz",
-    "user_interest_graph": "user_interest.npz",
-    "item_homograph": "item_homograph.npz",
-    "user_homograph": "user_homograph.npz",
-}
+# Section 10 of REARM_SPEC.md: the published presets (rearm.models.presets) give the graph
+# parameters; REARM.graph_arguments turns them into build_graphs keywords, as in training.
+PRESET_NAMES = ("baby", "sports", "clothing")
 
 
 def peak_rss_mb() -> float:
@@ -117,7 +108,7 @@ def synthetic(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data_path", nargs="?")
-    parser.add_argument("--preset", choices=sorted(PRESETS))
+    parser.add_argument("--preset", choices=PRESET_NAMES)
     parser.add_argument("--user-knn-k", type=int)
     parser.add_argument("--item-knn-k", type=int)
     parser.add_argument("--save", help="write each graph as scipy .npz into this folder")
@@ -154,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         empty = sp.csr_matrix(train.shape, dtype=np.float32)
         dataset = Dataset(train.shape[0], train.shape[1], train, empty, empty, features)
-        preset = dict(PRESETS[args.preset or "clothing"])
+        name = args.preset or "clothing"
         item_degree = np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
         user_degree = np.diff(train.indptr).astype(np.float64)
         report["data"] = {
@@ -174,34 +165,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("DATA_PATH is required unless --synthetic")
         dataset = load(args.data_path)
         name = args.preset or Path(args.data_path).name.lower()
-        if name not in PRESETS:
+        if name not in PRESET_NAMES:
             parser.error(f"no preset for {name!r}: pass --preset")
-        preset = dict(PRESETS[name])
         report["data"] = {
             "path": args.data_path,
-            "preset": name,
             "users": dataset.num_users,
             "items": dataset.num_items,
             "interactions": int(dataset.train.nnz),
             "dims": {m: int(f.shape[1]) for m, f in dataset.features.items()},
         }
     report["load_s"] = round(time.perf_counter() - started, 3)
-    user_k = args.user_knn_k or preset["user_k"]
-    item_k = args.item_knn_k or preset["item_k"]
+    hyperparameters = dict(get_preset("rearm", name)["hyperparameters"], knn_method=args.knn)
+    for key in ("user_knn_k", "item_knn_k"):
+        if getattr(args, key) is not None:
+            hyperparameters[key] = getattr(args, key)
+    arguments = get_model("rearm").graph_arguments(dataset, hyperparameters)
+    user_k, item_k = arguments["user_knn_k"], arguments["item_knn_k"]
     modalities = dataset.modalities
-    report["parameters"] = {"user_knn_k": user_k, "item_knn_k": item_k, **preset}
+    report["preset"] = name
+    report["parameters"] = arguments
 
     step_rss: dict[str, float] = {}
     build_started = time.perf_counter()
     graphs = build_graphs(
         dataset,
-        user_knn_k=user_k,
-        item_knn_k=item_k,
-        user_modality_weights=modality_weights(modalities, preset["user_image_weight"]),
-        item_modality_weights=modality_weights(modalities, preset["item_image_weight"]),
-        user_cooccurrence_weight=preset["user_co"],
-        item_cooccurrence_weight=preset["item_co"],
-        knn_method=args.knn,
+        **arguments,
         faiss_nprobe=args.nprobe,
         faiss_nlist=args.nlist,
         seed=args.seed,
@@ -212,14 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     report["total_s"] = round(time.perf_counter() - build_started, 3)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    seconds = graph_seconds(graphs.timings)
     report["graphs"] = {
-        name: {
-            "seconds": round(_graph_seconds(name, graphs.timings), 3),
-            "nnz": int(getattr(graphs, name)._nnz()),
-        }
-        for name in SAVE_NAMES
+        name: {"seconds": round(seconds[name], 3), "nnz": int(getattr(graphs, name)._nnz())}
+        for name in GRAPH_FILES
     }
-    report["steps"] = {name: round(seconds, 3) for name, seconds in graphs.timings.items()}
+    report["steps"] = {step: round(value, 3) for step, value in graphs.timings.items()}
     report["peak_rss_mb_before_step"] = step_rss
 
     if args.knn == "faiss" and len(modalities) == 1:
@@ -240,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         report["peak_rss_mb_with_recall"] = round(peak_rss_mb(), 1)
 
     if args.save:
-        folder = Path(args.save)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, filename in SAVE_NAMES.items():
-            sp.save_npz(folder / filename, to_scipy(getattr(graphs, name)))
+        save_graphs(graphs, args.save)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -259,18 +242,6 @@ def graph_recall(graph: torch.Tensor, features: np.ndarray, k: int, sample: int)
         approximate[position, : len(found)] = found
     exact = sample_recall_lists(features, rows, k)
     return round(neighbour_recall(approximate, exact), 4)
-
-
-def _graph_seconds(name: str, timings: dict[str, float]) -> float:
-    """Seconds spent on one output graph (semantic graphs sum their modalities and Gram work)."""
-    prefixes = {
-        "item_semantic": ("item_semantic:",),
-        # gram:* runs inside the first semantic step that needs it, so it is not added again.
-        "user_interest_graph": ("user_interest_graph:", "user_interest_features:"),
-        "item_homograph": ("combine",),
-        "user_homograph": (),
-    }.get(name, (name,))
-    return sum(v for k, v in timings.items() if k == name or k.startswith(prefixes))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rearm.commands.options import add_config_arguments, config_from_args
 from rearm.errors import RunError
 
 
@@ -20,23 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"Models: {', '.join(sorted(MODELS))}."
         ),
     )
-    train.add_argument("--data", help="data set path (REARM, MMRec or tabular layout)")
     train.add_argument("--model", choices=sorted(MODELS), help="model (default: rearm)")
-    train.add_argument("--preset", help="published settings by data set, e.g. baby, sports")
-    train.add_argument("--config", dest="config_file", help="YAML run configuration")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one key (training key, model hyperparameter, or section.key)",
-    )
+    add_config_arguments(train, "seed for python, numpy and torch (default 2025)")
     train.add_argument("--epochs", type=int, help="most epochs to train (training.epochs)")
     train.add_argument(
         "--patience", type=int, help="early stop after this many epochs without valid gain"
     )
-    train.add_argument("--seed", type=int, help="seed for python, numpy and torch (default 2025)")
     train.add_argument(
         "--protocol",
         choices=["standard", "reference"],
@@ -72,18 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rearm.experiments.config import resolve_config
     from rearm.experiments.run import train_run
     from rearm.training.trainer import Progress
 
-    config = resolve_config(
-        config_file=args.config_file,
-        overrides=args.overrides,
+    config = config_from_args(
+        args,
         model=args.model,
-        data=args.data,
-        preset=args.preset,
         protocol=args.protocol,
-        seed=args.seed,
         device=args.device,
         epochs=args.epochs,
         patience=args.patience,

@@ -5,12 +5,14 @@ of them from a Dataset, optionally through the data layer's GraphCache."""
 from rearm.graphs.bipartite import bipartite_graph
 from rearm.graphs.build import (
     BUILDER_VERSION,
+    GRAPH_FILES,
     Graphs,
     build_graphs,
     check_modality_weights,
     combine_modalities,
     homograph,
     modality_weights,
+    save_graphs,
 )
 from rearm.graphs.cooccurrence import (
     cooccurrence_graph,
@@ -31,6 +33,7 @@ from rearm.graphs.sparse import to_scipy, to_torch
 
 __all__ = [
     "BUILDER_VERSION",
+    "GRAPH_FILES",
     "Graphs",
     "bipartite_graph",
     "build_graphs",
@@ -45,6 +48,7 @@ __all__ = [
     "modality_weights",
     "neighbour_recall",
     "sample_recall",
+    "save_graphs",
     "to_scipy",
     "to_torch",
     "user_cooccurrence_graph",

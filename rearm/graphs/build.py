@@ -4,9 +4,11 @@ every graph the model needs from a Dataset (optionally through the data layer's 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +35,7 @@ from rearm.graphs.similarity import (
     user_interest_neighbours,
 )
 from rearm.graphs.sparse import as_binary_csr, to_scipy, to_torch
+from rearm.io import atomic_open
 
 # Bump when a builder's output changes for the same inputs, so cached graphs are rebuilt.
 BUILDER_VERSION = 2  # 2: kNN ties keep the lower index (were torch.topk's order)
@@ -72,6 +75,50 @@ class Graphs:
         "item_homograph",
         "user_homograph",
     )
+
+
+# File name of each Graphs field written by `save_graphs`.
+GRAPH_FILES = {
+    "bipartite": "bipartite.npz",
+    "item_cooccurrence": "item_cooccurrence.npz",
+    "user_cooccurrence": "user_cooccurrence.npz",
+    "item_semantic": "item_semantic.npz",
+    "user_interest_graph": "user_interest.npz",
+    "item_homograph": "item_homograph.npz",
+    "user_homograph": "user_homograph.npz",
+}
+
+
+def save_graphs(graphs: Graphs, folder: str | os.PathLike) -> dict[str, str]:
+    """Write each graph as a SciPy sparse `.npz` (CSR; rows = the node the row belongs to; user
+    and item indices from 0 in their own ranges; bipartite users first) into `folder`, each file
+    atomically. Returns {graph name: file name} (see GRAPH_FILES)."""
+    folder = Path(folder)
+    for name, filename in GRAPH_FILES.items():
+        with atomic_open(folder / filename, "wb") as handle:
+            sp.save_npz(handle, to_scipy(getattr(graphs, name)))
+    return dict(GRAPH_FILES)
+
+
+def graph_seconds(timings: Mapping[str, float]) -> dict[str, float]:
+    """Seconds spent on each output graph, from `Graphs.timings` (semantic graphs add up their
+    modalities; the user interest graph includes the interest features; a Gram matrix runs inside
+    the first step that needs it, so it is not added again; combining counts once, for
+    item_homograph)."""
+    prefixes = {
+        "item_semantic": ("item_semantic:",),
+        "user_interest_graph": ("user_interest_graph:", "user_interest_features:"),
+        "item_homograph": ("combine",),
+        "user_homograph": (),
+    }
+    return {
+        name: sum(
+            value
+            for step, value in timings.items()
+            if step == name or step.startswith(prefixes.get(name, (name,)))
+        )
+        for name in GRAPH_FILES
+    }
 
 
 def modality_weights(modalities: list[str], image_weight: float) -> dict[str, float]:
@@ -191,8 +238,8 @@ def build_graphs(
     )
     a_user = _check_fraction(user_cooccurrence_weight, "user_cooccurrence_weight")
     a_item = _check_fraction(item_cooccurrence_weight, "item_cooccurrence_weight")
-    _check_options(user_knn_k, cooccurrence_weighting, cooccurrence_pad, cooccurrence_empty)
-    _check_options(item_knn_k, cooccurrence_weighting, cooccurrence_pad, cooccurrence_empty)
+    for k, label in ((user_knn_k, "user_knn_k"), (item_knn_k, "item_knn_k")):
+        _check_options(k, cooccurrence_weighting, cooccurrence_pad, cooccurrence_empty, label)
     if knn_method not in KNN_METHODS:
         raise ConfigError(f"knn_method {knn_method!r} is not one of {', '.join(KNN_METHODS)}")
 

@@ -88,9 +88,11 @@ def user_cooccurrence_graph(train: sp.spmatrix, k: int, **options) -> torch.Tens
     return cooccurrence_graph(train, k, **options)
 
 
-def _check_options(k: int, weighting: str, pad: str, empty: str) -> None:
+def _check_options(
+    k: int, weighting: str, pad: str, empty: str, k_label: str = "co-occurrence k"
+) -> None:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"co-occurrence k must be a positive integer, got {k!r}")
+        raise ConfigError(f"{k_label} must be a positive integer, got {k!r}")
     for label, value, allowed in (
         ("weighting", weighting, WEIGHTINGS),
         ("pad", pad, PADS),

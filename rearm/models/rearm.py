@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -263,6 +263,50 @@ class REARM(Recommender):
 
     # ----------------------------------------------------------------------------------------
     @classmethod
+    def graph_arguments(cls, dataset, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The `build_graphs` keywords (all but seed / cache / progress) that REARM's
+        hyperparameters ask for on `dataset`.
+
+        Args:
+            dataset: the data set (its modalities decide the modality weights).
+            hyperparameters: from_dataset keywords; only the graph ones are read, missing ones
+                take from_dataset's defaults.
+
+        Raises:
+            ConfigError: no modality, or both cooccurrence_only and semantic_only.
+        """
+        from rearm.errors import ConfigError
+        from rearm.graphs import modality_weights
+
+        if not dataset.features:
+            raise ConfigError(
+                f"{dataset.source or 'dataset'}: REARM needs at least one item modality "
+                "(no <name>_feat.npy found)"
+            )
+        h = {name: default for name, (_, default) in cls.hyperparameters().items()}
+        h.update({name: value for name, value in hyperparameters.items() if name in h})
+        if h["cooccurrence_only"] and h["semantic_only"]:
+            raise ConfigError("cooccurrence_only and semantic_only exclude each other")
+        modalities = list(dataset.features)
+
+        def alpha(weight: float) -> float:
+            return 1.0 if h["cooccurrence_only"] else 0.0 if h["semantic_only"] else weight
+
+        return {
+            "user_knn_k": h["user_knn_k"],
+            "item_knn_k": h["item_knn_k"],
+            "user_modality_weights": h["user_modality_weights"]
+            or modality_weights(modalities, h["user_image_weight"]),
+            "item_modality_weights": h["item_modality_weights"]
+            or modality_weights(modalities, h["item_image_weight"]),
+            "user_cooccurrence_weight": alpha(h["user_cooccurrence_weight"]),
+            "item_cooccurrence_weight": alpha(h["item_cooccurrence_weight"]),
+            "cooccurrence_weighting": h["cooccurrence_weighting"],
+            "cooccurrence_pad": h["cooccurrence_pad"],
+            "knn_method": h["knn_method"],
+        }
+
+    @classmethod
     def from_dataset(
         cls,
         dataset,
@@ -314,36 +358,13 @@ class REARM(Recommender):
         no_user_graph, no_item_graph, cooccurrence_only, semantic_only, no_attention,
         no_contrastive.
         """
-        from rearm.errors import ConfigError
-        from rearm.graphs import build_graphs, modality_weights
+        from rearm.graphs import build_graphs
 
-        if not dataset.features:
-            raise ConfigError(
-                f"{dataset.source or 'dataset'}: REARM needs at least one item modality "
-                "(no <name>_feat.npy found)"
-            )
-        if cooccurrence_only and semantic_only:
-            raise ConfigError("cooccurrence_only and semantic_only exclude each other")
-        user_alpha = (
-            1.0 if cooccurrence_only else 0.0 if semantic_only else user_cooccurrence_weight
-        )
-        item_alpha = (
-            1.0 if cooccurrence_only else 0.0 if semantic_only else item_cooccurrence_weight
-        )
+        hyperparameters = dict(locals())  # the keyword arguments above, by name
         modalities = list(dataset.features)
         graphs = build_graphs(
             dataset,
-            user_knn_k=user_knn_k,
-            item_knn_k=item_knn_k,
-            user_modality_weights=user_modality_weights
-            or modality_weights(modalities, user_image_weight),
-            item_modality_weights=item_modality_weights
-            or modality_weights(modalities, item_image_weight),
-            user_cooccurrence_weight=user_alpha,
-            item_cooccurrence_weight=item_alpha,
-            cooccurrence_weighting=cooccurrence_weighting,
-            cooccurrence_pad=cooccurrence_pad,
-            knn_method=knn_method,
+            **cls.graph_arguments(dataset, hyperparameters),
             seed=seed,
             cache=graph_cache,
             progress=progress,
