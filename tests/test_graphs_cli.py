@@ -4,6 +4,8 @@ records how, and bad output folders or settings fail with one line and exit code
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,32 @@ def test_bad_output_folders_and_settings_fail_cleanly(data_dir, tmp_path, capsys
     assert main([*missing, "--out", str(tmp_path / "y")]) == 2
     assert "missing" in error_line(capsys)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def run_benchmark(*args: str) -> dict:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "graphs.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_graph_benchmark_reports_and_saves_every_graph(data_dir, tmp_path):
+    report = run_benchmark(str(data_dir), "--preset", "baby", "--save", str(tmp_path / "saved"))
+    assert report["total_s"] > 0 and report["peak_rss_mb"] > 0
+    assert set(report["graphs"]) == set(GRAPH_FILES)
+    assert report["parameters"]["user_knn_k"] == 40 and report["preset"] == "baby"
+    saved = load_all(tmp_path / "saved")
+    for name, entry in report["graphs"].items():
+        assert entry["nnz"] == saved[name].nnz and entry["seconds"] >= 0, name
+    dataset = load_dataset(data_dir)
+    assert saved["bipartite"].shape == (dataset.num_users + dataset.num_items,) * 2
+
+    synthetic = run_benchmark(
+        "--synthetic", "--users", "300", "--items", "120", "--interactions", "3000",
+        "--dims", "text:16", "--user-knn-k", "6",
+    )  # fmt: skip
+    assert synthetic["data"]["synthetic"] and synthetic["data"]["users"] == 300
+    assert synthetic["parameters"]["user_knn_k"] == 6
+    assert synthetic["graphs"]["user_interest_graph"]["nnz"] <= 300 * 6
