@@ -56,3 +56,20 @@ class TestREARM(ContractTests):
 def test_every_registered_model_opts_in() -> None:
     covered = {cls.model for cls in ContractTests.__subclasses__()}
     assert covered == set(MODELS)
+
+
+def test_registry_names_classes_and_lazy_import() -> None:
+    import subprocess
+    import sys
+
+    from rearm.models import MODEL_NAMES, REARM, Recommender, get_model
+
+    assert MODEL_NAMES == tuple(MODELS)
+    assert all(
+        issubclass(MODELS[name], Recommender) and MODELS[name].name == name for name in MODELS
+    )
+    assert get_model("rearm") is REARM
+    # the CLI's parser (and so `rearm --help`) is built without importing torch
+    check = "import sys, rearm.cli; rearm.cli.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -10,7 +10,7 @@ from rearm.errors import RunError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rearm.models import MODELS
+    from rearm.models import MODEL_NAMES
 
     train = subparsers.add_parser(
         "train",
@@ -18,10 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a model and write RUN_DIR (config.yaml, protocol.json, metrics.jsonl, "
             "results.json, model/). Without --data, trains on the embedded synthetic data set. "
-            f"Models: {', '.join(sorted(MODELS))}."
+            f"Models: {', '.join(sorted(MODEL_NAMES))}."
         ),
     )
-    train.add_argument("--model", choices=sorted(MODELS), help="model (default: rearm)")
+    train.add_argument("--model", choices=sorted(MODEL_NAMES), help="model (default: rearm)")
     add_config_arguments(train, "seed for python, numpy and torch (default 2025)")
     train.add_argument("--epochs", type=int, help="most epochs to train (training.epochs)")
     train.add_argument(
