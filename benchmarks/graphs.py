@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     report["graphs"] = {
         name: {"seconds": round(seconds[name], 3), "nnz": int(getattr(graphs, name)._nnz())}
         for name in GRAPH_FILES
+        if getattr(graphs, name) is not None
     }
     report["steps"] = {step: round(value, 3) for step, value in graphs.timings.items()}
     report["peak_rss_mb_before_step"] = step_rss

@@ -85,6 +85,51 @@ def test_build_graphs_composes_the_builders():
     assert "item_semantic:image" not in graphs.timings  # zero weight: not built
 
 
+def test_build_graphs_skips_what_is_not_asked_for():
+    data = small_dataset()
+    full = build_graphs(data, **ARGUMENTS, seed=3)
+    users_only = build_graphs(data, **ARGUMENTS, seed=3, homographs=("user",))
+    for name in ("item_cooccurrence", "item_semantic", "item_homograph"):
+        assert getattr(users_only, name) is None, name
+    for name in ("bipartite", "user_cooccurrence", "user_interest_graph", "user_homograph"):
+        assert same(getattr(users_only, name), getattr(full, name)), name
+    assert not any(step.startswith("item_") for step in users_only.timings)
+    assert set(users_only.user_interest_features) == {"image", "text"}
+
+    only_co = build_graphs(
+        data, **{**ARGUMENTS, "item_cooccurrence_weight": 1.0}, seed=3, homographs=["item"]
+    )
+    assert only_co.item_semantic is None and only_co.user_homograph is None
+    assert same(only_co.item_homograph, full.item_cooccurrence)
+    only_semantic = build_graphs(data, **{**ARGUMENTS, "user_cooccurrence_weight": 0.0}, seed=3)
+    assert only_semantic.user_cooccurrence is None
+    np.testing.assert_allclose(
+        to_scipy(only_semantic.user_homograph).toarray(),
+        to_scipy(full.user_interest_graph).toarray(),
+        atol=1e-7,
+    )
+    nothing = build_graphs(data, **ARGUMENTS, homographs=())
+    assert set(nothing.timings) == {"bipartite", "combine"} | {
+        f"user_interest_features:{name}" for name in ("image", "text")
+    }
+    with pytest.raises(ConfigError, match="homographs"):
+        build_graphs(data, **ARGUMENTS, homographs=("users",))
+
+
+def test_rearm_ablations_build_only_their_graphs():
+    from rearm.models import REARM
+
+    data = small_dataset()
+    steps: list[str] = []
+    small = {"embedding_dim": 8, "num_layers": 1, "user_knn_k": 4, "item_knn_k": 3}
+    model = REARM.from_dataset(data, no_item_graph=True, progress=steps.append, **small)
+    assert model.item_homograph is None and model.user_homograph is not None
+    assert "user_cooccurrence" in steps
+    assert not any(step.startswith(("item_cooccurrence", "item_semantic")) for step in steps)
+    assert REARM.graph_arguments(data, {"no_homographs": True})["homographs"] == ()
+    assert REARM.graph_arguments(data, {})["homographs"] == ("user", "item")
+
+
 def test_build_graphs_rejects_bad_weights():
     data = small_dataset()
     with pytest.raises(ConfigError, match="sum to 1"):

@@ -30,7 +30,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def load_all(folder: Path) -> dict[str, sp.csr_matrix]:
-    return {name: sp.load_npz(folder / file) for name, file in GRAPH_FILES.items()}
+    return {
+        name: sp.load_npz(folder / file)
+        for name, file in GRAPH_FILES.items()
+        if (folder / file).exists()
+    }
 
 
 def test_graphs_command_writes_the_graphs_training_builds(data_dir, tmp_path, capsys):
@@ -75,8 +79,20 @@ def test_preset_seed_and_ablation_reach_the_graphs(data_dir, tmp_path):
     assert main(["graphs", "--data", str(data_dir), "--set", "cooccurrence_only=true",
                  "--quiet", "--out", str(only)]) == 0  # fmt: skip
     graphs = load_all(only)
+    # the semantic graphs have weight 0 there: not built, not written, not in the manifest
+    assert set(graphs) == set(GRAPH_FILES) - {"item_semantic", "user_interest_graph"}
+    assert set(json.loads((only / "graphs.json").read_text())["graphs"]) == set(graphs)
     assert (graphs["item_homograph"] != graphs["item_cooccurrence"]).nnz == 0
     assert (graphs["user_homograph"] != graphs["user_cooccurrence"]).nnz == 0
+
+    # replacing a full export with an ablation's removes the graphs it does not have
+    no_users = tmp_path / "no-user-graph"
+    assert main(["graphs", "--data", str(data_dir), "--quiet", "--out", str(no_users)]) == 0
+    assert main(["graphs", "--data", str(data_dir), "--set", "no_user_graph=true", "--force",
+                 "--quiet", "--out", str(no_users)]) == 0  # fmt: skip
+    assert set(load_all(no_users)) == {
+        "bipartite", "item_cooccurrence", "item_semantic", "item_homograph"
+    }  # fmt: skip
 
 
 def test_export_graphs_python_api(tmp_path):

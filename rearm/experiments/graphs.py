@@ -3,7 +3,8 @@ outside rearm (`rearm graphs`).
 
 OUT/
   bipartite.npz, item_cooccurrence.npz, user_cooccurrence.npz, item_semantic.npz,
-  user_interest.npz, item_homograph.npz, user_homograph.npz   (scipy.sparse CSR, see save_graphs)
+  user_interest.npz, item_homograph.npz, user_homograph.npz   (scipy.sparse CSR, see save_graphs;
+                   graphs the configuration does not use, e.g. under an ablation, are left out)
   graphs.json      data fingerprint, every build argument, shape / nnz / seconds of each graph
 Every file is written atomically; graphs.json is written last, so a folder that has it is complete.
 """
@@ -82,6 +83,8 @@ def export_graphs(
     # graphs.json goes last: until it is written again the folder is incomplete
     (out / MANIFEST).unlink(missing_ok=True)
     files = save_graphs(graphs, out)
+    for stale in set(GRAPH_FILES.values()) - set(files.values()):  # left by a replaced export
+        (out / stale).unlink(missing_ok=True)
     seconds = graph_seconds(graphs.timings)
     manifest = {
         "rearm_version": __version__,

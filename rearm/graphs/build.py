@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,17 +52,20 @@ class Graphs:
         user_interest_graph: [U, U], user interest kNN graphs combined over modalities.
         item_homograph: [I, I] = a_ii C_item + (1 - a_ii) S_item.
         user_homograph: [U, U] = a_uu C_user + (1 - a_uu) S_user.
+        A graph that was not asked for is None: every graph of a side left out of
+        `build_graphs(homographs=...)`, the co-occurrence graph of a side whose co-occurrence
+        weight is 0 and the semantic graph of a side whose co-occurrence weight is 1.
         user_interest_features: {modality: float32 [U, D_m]}, P_m (initial user preference table).
         timings: {step name: seconds}.
     """
 
     bipartite: torch.Tensor
-    item_cooccurrence: torch.Tensor
-    user_cooccurrence: torch.Tensor
-    item_semantic: torch.Tensor
-    user_interest_graph: torch.Tensor
-    item_homograph: torch.Tensor
-    user_homograph: torch.Tensor
+    item_cooccurrence: torch.Tensor | None
+    user_cooccurrence: torch.Tensor | None
+    item_semantic: torch.Tensor | None
+    user_interest_graph: torch.Tensor | None
+    item_homograph: torch.Tensor | None
+    user_homograph: torch.Tensor | None
     user_interest_features: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -90,14 +93,20 @@ GRAPH_FILES = {
 
 
 def save_graphs(graphs: Graphs, folder: str | os.PathLike) -> dict[str, str]:
-    """Write each graph as a SciPy sparse `.npz` (CSR; rows = the node the row belongs to; user
-    and item indices from 0 in their own ranges; bipartite users first) into `folder`, each file
-    atomically. Returns {graph name: file name} (see GRAPH_FILES)."""
+    """Write each graph that was built (not None) as a SciPy sparse `.npz` (CSR; rows = the node
+    the row belongs to; user and item indices from 0 in their own ranges; bipartite users first)
+    into `folder`, each file atomically. Returns {graph name: file name} of the files written
+    (names from GRAPH_FILES)."""
     folder = Path(folder)
+    written = {}
     for name, filename in GRAPH_FILES.items():
+        graph = getattr(graphs, name)
+        if graph is None:
+            continue
         with atomic_open(folder / filename, "wb") as handle:
-            sp.save_npz(handle, to_scipy(getattr(graphs, name)))
-    return dict(GRAPH_FILES)
+            sp.save_npz(handle, to_scipy(graph))
+        written[name] = filename
+    return written
 
 
 def graph_seconds(timings: Mapping[str, float]) -> dict[str, float]:
@@ -194,6 +203,7 @@ def build_graphs(
     faiss_nlist: int | None = None,
     user_interest_method: str = "auto",
     seed: int = 2025,
+    homographs: Collection[str] = ("user", "item"),
     cooccurrence_block_size: int = 4096,
     cooccurrence_max_block_entries: int = DEFAULT_MAX_BLOCK_ENTRIES,
     knn_block_size: int | None = None,
@@ -219,6 +229,9 @@ def build_graphs(
             neighbours (`sample_recall` measures it).
         user_interest_method: "auto", "direct" or "gram" (see `user_interest_graph`).
         seed: co-occurrence padding and faiss seed.
+        homographs: the sides ("user", "item") whose graphs are built; the other side's graphs
+            are None (REARM's no_user_graph / no_item_graph / no_homographs ablations). Within a
+            side, a graph with weight 0 in its homograph is not built either (None).
         cooccurrence_block_size, cooccurrence_max_block_entries, knn_block_size, gram_max_bytes:
             memory knobs; they do not change the result (not part of cache keys).
         cache: a GraphCache to reuse graphs built from the same data and arguments.
@@ -238,6 +251,14 @@ def build_graphs(
     )
     a_user = _check_fraction(user_cooccurrence_weight, "user_cooccurrence_weight")
     a_item = _check_fraction(item_cooccurrence_weight, "item_cooccurrence_weight")
+    sides = set(homographs) if not isinstance(homographs, str) else {homographs}
+    if sides - {"user", "item"}:
+        raise ConfigError(f"homographs: expected a subset of ('user', 'item'), got {homographs!r}")
+    # which graphs are asked for: {side: (co-occurrence, semantic)}
+    wanted = {
+        side: (side in sides and alpha > 0, side in sides and alpha < 1)
+        for side, alpha in (("user", a_user), ("item", a_item))
+    }
     for k, label in ((user_knn_k, "user_knn_k"), (item_knn_k, "item_knn_k")):
         _check_options(k, cooccurrence_weighting, cooccurrence_pad, cooccurrence_empty, label)
     if knn_method not in KNN_METHODS:
@@ -269,22 +290,25 @@ def build_graphs(
         "max_block_entries": cooccurrence_max_block_entries,
     }
     bipartite = step("bipartite", {}, lambda: to_scipy(bipartite_graph(train)))
-    item_cooccurrence = step(
-        "item_cooccurrence",
-        {"k": item_knn_k, **cooccurrence_options},
-        lambda: to_scipy(
-            cooccurrence_graph(
-                train.T.tocsr(), item_knn_k, **cooccurrence_options, **memory_options
-            )
-        ),
-    )
-    user_cooccurrence = step(
-        "user_cooccurrence",
-        {"k": user_knn_k, **cooccurrence_options},
-        lambda: to_scipy(
-            cooccurrence_graph(train, user_knn_k, **cooccurrence_options, **memory_options)
-        ),
-    )
+    item_cooccurrence = user_cooccurrence = None
+    if wanted["item"][0]:
+        item_cooccurrence = step(
+            "item_cooccurrence",
+            {"k": item_knn_k, **cooccurrence_options},
+            lambda: to_scipy(
+                cooccurrence_graph(
+                    train.T.tocsr(), item_knn_k, **cooccurrence_options, **memory_options
+                )
+            ),
+        )
+    if wanted["user"][0]:
+        user_cooccurrence = step(
+            "user_cooccurrence",
+            {"k": user_knn_k, **cooccurrence_options},
+            lambda: to_scipy(
+                cooccurrence_graph(train, user_knn_k, **cooccurrence_options, **memory_options)
+            ),
+        )
 
     # User interest features P_m are needed by the model for every modality.
     interest: dict[str, np.ndarray] = {}
@@ -314,7 +338,8 @@ def build_graphs(
     def semantic(name: str) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
         """(item kNN graph, user interest graph) of one modality; None where its weight is 0."""
         features = dataset.features[name]
-        need_item, need_user = item_weights[name] > 0, user_weights[name] > 0
+        need_item = wanted["item"][1] and item_weights[name] > 0
+        need_user = wanted["user"][1] and user_weights[name] > 0
         use_gram = (
             knn_method == "exact"
             and need_user
@@ -389,23 +414,36 @@ def build_graphs(
             user_graphs[name] = user
 
     started = time.perf_counter()
-    item_semantic = _weighted_sum(item_graphs, item_weights, train.shape[1])
-    user_semantic = _weighted_sum(user_graphs, user_weights, train.shape[0])
-    item_homograph = _weighted_sum(
-        {"c": item_cooccurrence, "s": item_semantic}, {"c": a_item, "s": 1 - a_item}
-    )
-    user_homograph = _weighted_sum(
-        {"c": user_cooccurrence, "s": user_semantic}, {"c": a_user, "s": 1 - a_user}
-    )
+    item_semantic = user_semantic = item_homograph = user_homograph = None
+    if wanted["item"][1]:
+        item_semantic = _weighted_sum(item_graphs, item_weights, train.shape[1])
+    if wanted["user"][1]:
+        user_semantic = _weighted_sum(user_graphs, user_weights, train.shape[0])
+    if "item" in sides:
+        item_homograph = _weighted_sum(
+            {"c": item_cooccurrence, "s": item_semantic},
+            {"c": a_item, "s": 1 - a_item},
+            train.shape[1],
+        )
+    if "user" in sides:
+        user_homograph = _weighted_sum(
+            {"c": user_cooccurrence, "s": user_semantic},
+            {"c": a_user, "s": 1 - a_user},
+            train.shape[0],
+        )
     timings["combine"] = time.perf_counter() - started
+
+    def torch_or_none(graph: sp.csr_matrix | None) -> torch.Tensor | None:
+        return None if graph is None else to_torch(graph)
+
     return Graphs(
         bipartite=to_torch(bipartite),
-        item_cooccurrence=to_torch(item_cooccurrence),
-        user_cooccurrence=to_torch(user_cooccurrence),
-        item_semantic=to_torch(item_semantic),
-        user_interest_graph=to_torch(user_semantic),
-        item_homograph=to_torch(item_homograph),
-        user_homograph=to_torch(user_homograph),
+        item_cooccurrence=torch_or_none(item_cooccurrence),
+        user_cooccurrence=torch_or_none(user_cooccurrence),
+        item_semantic=torch_or_none(item_semantic),
+        user_interest_graph=torch_or_none(user_semantic),
+        item_homograph=torch_or_none(item_homograph),
+        user_homograph=torch_or_none(user_homograph),
         user_interest_features=interest,
         timings=timings,
     )
@@ -414,12 +452,15 @@ def build_graphs(
 def _weighted_sum(
     graphs: Mapping[str, sp.csr_matrix], weights: Mapping[str, float], n: int | None = None
 ) -> sp.csr_matrix:
-    """sum_m w_m G_m over the graphs with a nonzero weight (explicit zeros kept out)."""
+    """sum_m w_m G_m over the graphs with a nonzero weight (explicit zeros kept out); a graph
+    given as None must have weight 0 (it was not built because it would not count)."""
     total = None
     for name, graph in graphs.items():
         weight = float(weights.get(name, 0.0))
         if weight == 0.0:
             continue
+        if graph is None:
+            raise ValueError(f"graph {name!r} has weight {weight} but was not built")
         term = sp.csr_matrix(graph, dtype=np.float32) * np.float32(weight)
         total = term if total is None else total + term
     if total is None:

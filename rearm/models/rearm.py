@@ -265,7 +265,9 @@ class REARM(Recommender):
     @classmethod
     def graph_arguments(cls, dataset, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """The `build_graphs` keywords (all but seed / cache / progress) that REARM's
-        hyperparameters ask for on `dataset`.
+        hyperparameters ask for on `dataset`; ablations that drop a homograph leave its graphs
+        out (`homographs`), and cooccurrence_only / semantic_only set the co-occurrence weights
+        to 1 / 0 (so the other part is not built).
 
         Args:
             dataset: the data set (its modalities decide the modality weights).
@@ -292,6 +294,10 @@ class REARM(Recommender):
         def alpha(weight: float) -> float:
             return 1.0 if h["cooccurrence_only"] else 0.0 if h["semantic_only"] else weight
 
+        sides = {
+            side for side in ("user", "item") if not (h["no_homographs"] or h[f"no_{side}_graph"])
+        }
+
         return {
             "user_knn_k": h["user_knn_k"],
             "item_knn_k": h["item_knn_k"],
@@ -304,6 +310,7 @@ class REARM(Recommender):
             "cooccurrence_weighting": h["cooccurrence_weighting"],
             "cooccurrence_pad": h["cooccurrence_pad"],
             "knn_method": h["knn_method"],
+            "homographs": tuple(side for side in ("user", "item") if side in sides),
         }
 
     @classmethod
