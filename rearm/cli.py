@@ -4,6 +4,7 @@ assembles the parser and turns rearm's own errors into a one-line message and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rearm import __version__
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rearm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`rearm ... | head`): stop quietly, like other
+        # Unix tools, and keep Python from failing again while flushing stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

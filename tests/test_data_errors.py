@@ -3,6 +3,8 @@ through `rearm data info` (exit code 2, no traceback)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +285,13 @@ def test_cli_missing_path_and_bad_format(tmp_path, run_cli):
     assert code == 2 and "nope: no such file or directory" in err
     code, _, err = run_cli("data", "info", tmp_path, "--format", "csv")
     assert code == 2 and "invalid choice" in err  # argparse
+
+
+def test_cli_stops_quietly_when_the_reader_goes_away(rearm_dir):
+    # `rearm data info DIR | head -1`: the pipe closes while rearm is still printing
+    command = [sys.executable, "-m", "rearm.cli", "data", "info", str(rearm_dir)]
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    reader.stdout.close()  # before rearm writes anything: its first write hits a closed pipe
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode == 141, err
+    assert b"Traceback" not in err
