@@ -10,6 +10,7 @@ from rearm.data.cache import GraphCache, default_cache_root
 from rearm.data.dataset import Dataset
 from rearm.errors import ConfigError
 from rearm.graphs import (
+    GRAPH_FILES,
     Graphs,
     bipartite_graph,
     build_graphs,
@@ -150,7 +151,7 @@ def test_cache_hit_miss_and_keying(tmp_path):
 
     second = build_graphs(data, **ARGUMENTS, cache=cache)  # same recipe: every lookup hits
     assert cache.misses == misses and cache.hits == misses
-    for name in Graphs.GRAPH_NAMES:
+    for name in GRAPH_FILES:
         assert same(getattr(first, name), getattr(second, name)), name
 
     # A changed argument misses for the graphs it affects only.

@@ -69,18 +69,8 @@ class Graphs:
     user_interest_features: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
-    GRAPH_NAMES = (
-        "bipartite",
-        "item_cooccurrence",
-        "user_cooccurrence",
-        "item_semantic",
-        "user_interest_graph",
-        "item_homograph",
-        "user_homograph",
-    )
 
-
-# File name of each Graphs field written by `save_graphs`.
+# Every graph field of Graphs, with the file name `save_graphs` writes it to.
 GRAPH_FILES = {
     "bipartite": "bipartite.npz",
     "item_cooccurrence": "item_cooccurrence.npz",

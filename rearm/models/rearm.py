@@ -294,10 +294,6 @@ class REARM(Recommender):
         def alpha(weight: float) -> float:
             return 1.0 if h["cooccurrence_only"] else 0.0 if h["semantic_only"] else weight
 
-        sides = {
-            side for side in ("user", "item") if not (h["no_homographs"] or h[f"no_{side}_graph"])
-        }
-
         return {
             "user_knn_k": h["user_knn_k"],
             "item_knn_k": h["item_knn_k"],
@@ -310,7 +306,11 @@ class REARM(Recommender):
             "cooccurrence_weighting": h["cooccurrence_weighting"],
             "cooccurrence_pad": h["cooccurrence_pad"],
             "knn_method": h["knn_method"],
-            "homographs": tuple(side for side in ("user", "item") if side in sides),
+            "homographs": tuple(
+                side
+                for side in ("user", "item")
+                if not (h["no_homographs"] or h[f"no_{side}_graph"])
+            ),
         }
 
     @classmethod
@@ -376,8 +376,6 @@ class REARM(Recommender):
             cache=graph_cache,
             progress=progress,
         )
-        use_user_graph = not (no_homographs or no_user_graph)
-        use_item_graph = not (no_homographs or no_item_graph)
         return cls(
             {
                 m: torch.from_numpy(np.asarray(x, dtype=np.float32))
@@ -385,8 +383,8 @@ class REARM(Recommender):
             },
             {m: torch.from_numpy(graphs.user_interest_features[m]) for m in modalities},
             graphs.bipartite,
-            graphs.item_homograph if use_item_graph else None,
-            graphs.user_homograph if use_user_graph else None,
+            graphs.item_homograph,  # None under no_item_graph / no_homographs: not built
+            graphs.user_homograph,
             embedding_dim=embedding_dim,
             num_layers=num_layers,
             user_homograph_layers=user_homograph_layers,
