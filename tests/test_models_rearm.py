@@ -455,3 +455,20 @@ def test_graph_ablations_change_only_the_graphs_they_name(small_dataset):
                 assert torch.allclose(_dense(got), want, atol=1e-6), flag
         assert torch.equal(_dense(model.bipartite), _dense(full.bipartite)), flag
         assert model.num_layers == full.num_layers and model.use_meta, flag
+
+
+def test_constructor_and_from_dataset_defaults_agree():
+    # both signatures carry REARM's defaults (the constructor for direct use, from_dataset for
+    # configs); a change to one must reach the other
+    import inspect
+
+    init = inspect.signature(REARM.__init__).parameters
+    hyper = REARM.hyperparameters()
+    shared = set(init) & set(hyper)
+    assert len(shared) >= 12
+    for name in shared:
+        assert init[name].default == hyper[name][1], name
+    switches = [name for name in init if name.startswith("use_")]
+    assert len(switches) == 4
+    for name in switches:  # use_X=True in the constructor is no_X=False in the config
+        assert init[name].default is True and hyper[f"no_{name[4:]}"][1] is False, name
