@@ -42,6 +42,13 @@ from rearm.models.presets import get_preset
 # Section 10 of REARM_SPEC.md: the published presets (rearm.models.presets) give the graph
 # parameters; REARM.graph_arguments turns them into build_graphs keywords, as in training.
 PRESET_NAMES = ("baby", "sports", "clothing")
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+_THREADS_SET = "REARM_BENCHMARK_THREADS"
 
 
 def peak_rss_mb() -> float:
@@ -124,12 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user-alpha", type=float, default=0.5, help="synthetic activity skew")
     parser.add_argument("--recall-sample", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=2025)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads for every pool (BLAS, OpenMP, numba, torch); default: all cores",
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None and os.environ.get(_THREADS_SET) != str(args.threads):
+        # BLAS and numba read their thread counts when they load: restart with them set
+        value = str(args.threads)
+        env = dict(os.environ, **{name: value for name in (*_THREAD_VARIABLES, _THREADS_SET)})
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    threads = args.threads or os.cpu_count()
+    torch.set_num_threads(threads)
 
     started = time.perf_counter()
-    report: dict = {"knn": args.knn, "threads": args.threads}
+    report: dict = {"knn": args.knn, "threads": threads}
     if args.knn == "faiss":
         report["faiss"] = {"nprobe": args.nprobe, "nlist": args.nlist or "2 sqrt(n)"}
     if args.synthetic:

@@ -171,8 +171,9 @@ def test_graph_benchmark_reports_and_saves_every_graph(data_dir, tmp_path):
 
     synthetic = run_benchmark(
         "--synthetic", "--users", "300", "--items", "120", "--interactions", "3000",
-        "--dims", "text:16", "--user-knn-k", "6",
+        "--dims", "text:16", "--user-knn-k", "6", "--threads", "1",
     )  # fmt: skip
     assert synthetic["data"]["synthetic"] and synthetic["data"]["users"] == 300
+    assert synthetic["threads"] == 1
     assert synthetic["parameters"]["user_knn_k"] == 6
     assert synthetic["graphs"]["user_interest_graph"]["nnz"] <= 300 * 6
