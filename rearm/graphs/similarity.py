@@ -56,34 +56,11 @@ def user_interest(train: sp.spmatrix, features: np.ndarray) -> np.ndarray:
     return sums
 
 
-def knn_graph(
-    features: np.ndarray | torch.Tensor,
-    k: int,
-    *,
-    block_size: int | None = None,
-    method: str = "exact",
-    nlist: int | None = None,
-    nprobe: int = 16,
-    seed: int = 2025,
-) -> torch.Tensor:
-    """Cosine kNN graph over the rows of `features`.
-
-    Args:
-        features: [n, dim].
-        k: neighbours per row, self included.
-        block_size: rows per similarity block (exact); default keeps a block near 128 MB.
-        method: "exact", or "faiss" (approximate: inverted-file index, inner product on normalised
-            vectors; needs the optional `faiss-cpu` package). Use `neighbour_recall` to measure.
-        nlist, nprobe: faiss inverted lists (default ~2 sqrt(n)) and lists probed per query.
-        seed: faiss k-means seed.
-
-    Returns:
-        float32 torch sparse CSR [n, n]; row r holds its k neighbours with value cosine / k.
-    """
-    indices, sims = knn_neighbours(
-        features, k, block_size=block_size, method=method, nlist=nlist, nprobe=nprobe, seed=seed
-    )
-    return to_torch(neighbours_to_csr(indices, sims))
+def knn_graph(features: np.ndarray | torch.Tensor, k: int, **options) -> torch.Tensor:
+    """Cosine kNN graph over the rows of `features`: float32 torch sparse CSR [n, n] whose row r
+    holds its k neighbours (self included) with value cosine / k. `options` are those of
+    `knn_neighbours` (block_size, method "exact" / "faiss", nlist, nprobe, seed)."""
+    return to_torch(neighbours_to_csr(*knn_neighbours(features, k, **options)))
 
 
 def knn_neighbours(
@@ -96,8 +73,21 @@ def knn_neighbours(
     nprobe: int = 16,
     seed: int = 2025,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The kNN lists behind `knn_graph`: (indices int64 [n, k'], cosine float32 [n, k']),
-    k' = min(k, n), self first; -1 marks a padding slot (zero rows hold only themselves)."""
+    """Cosine kNN lists of the rows of `features` (the lists behind `knn_graph`).
+
+    Args:
+        features: [n, dim].
+        k: neighbours per row, self included.
+        block_size: rows per similarity block (exact); default keeps a block near 128 MB.
+        method: "exact", or "faiss" (approximate: inverted-file index, inner product on normalised
+            vectors; needs the optional `faiss-cpu` package). Use `neighbour_recall` to measure.
+        nlist, nprobe: faiss inverted lists (default ~2 sqrt(n)) and lists probed per query.
+        seed: faiss k-means seed.
+
+    Returns:
+        (indices int64 [n, k'], cosine float32 [n, k']), k' = min(k, n), self first; -1 marks a
+        padding slot (zero rows hold only themselves).
+    """
     _check_k(k)
     if method not in KNN_METHODS:
         raise ConfigError(f"knn method {method!r} is not one of {', '.join(KNN_METHODS)}")
@@ -118,43 +108,12 @@ def knn_neighbours(
 
 
 def user_interest_graph(
-    train: sp.spmatrix,
-    features: np.ndarray,
-    k: int,
-    *,
-    method: str = "auto",
-    knn_method: str = "exact",
-    block_size: int | None = None,
-    gram_max_bytes: int = DEFAULT_GRAM_MAX_BYTES,
-    seed: int = 2025,
+    train: sp.spmatrix, features: np.ndarray, k: int, **options
 ) -> torch.Tensor:
-    """user_interest_graph for one modality: cosine kNN over P = user_interest(train, features).
-
-    Args:
-        train: R, [num_users, num_items].
-        features: X_m, [num_items, dim].
-        k: neighbours per user (`user_knn_k`), self included.
-        method: how exact similarities are computed. "direct": blocks of P P^T (cost U^2 dim).
-            "gram": cosine of means does not depend on the 1/deg scale, so blocks of
-            R (X X^T) R^T with the item Gram matrix G = X X^T held in memory (cost I^2 dim / 2
-            plus sparse products of order nnz(R) (I + U); needs 4 I^2 bytes). "auto" picks gram
-            when G fits in `gram_max_bytes` and its estimated cost is lower.
-        knn_method: "exact" or "faiss" (approximate, always over P directly).
-
-    Returns:
-        float32 torch sparse CSR [num_users, num_users].
-    """
-    indices, sims = user_interest_neighbours(
-        train,
-        features,
-        k,
-        method=method,
-        knn_method=knn_method,
-        block_size=block_size,
-        gram_max_bytes=gram_max_bytes,
-        seed=seed,
-    )
-    return to_torch(neighbours_to_csr(indices, sims))
+    """User interest graph of one modality: cosine kNN over P = user_interest(train, features),
+    float32 torch sparse CSR [num_users, num_users]. `options` are those of
+    `user_interest_neighbours` (method, knn_method, block_size, gram_max_bytes, seed, ...)."""
+    return to_torch(neighbours_to_csr(*user_interest_neighbours(train, features, k, **options)))
 
 
 def user_interest_neighbours(
@@ -172,8 +131,22 @@ def user_interest_neighbours(
     gram: torch.Tensor | None = None,
     interest: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """kNN lists of the user interest graph (see `user_interest_graph`). `gram` (X X^T) and
-    `interest` (P) may be passed in when the caller already computed them."""
+    """kNN lists of the user interest graph of one modality: cosine kNN over
+    P = user_interest(train, features), in the form of `knn_neighbours`.
+
+    Args:
+        train: R, [num_users, num_items].
+        features: X_m, [num_items, dim].
+        k: neighbours per user (`user_knn_k`), self included.
+        method: how exact similarities are computed. "direct": blocks of P P^T (cost U^2 dim).
+            "gram": cosine of means does not depend on the 1/deg scale, so blocks of
+            R (X X^T) R^T with the item Gram matrix G = X X^T held in memory (cost I^2 dim / 2
+            plus sparse products of order nnz(R) (I + U); needs 4 I^2 bytes). "auto" picks gram
+            when G fits in `gram_max_bytes` and its estimated cost is lower.
+        knn_method: "exact" or "faiss" (approximate, always over P directly).
+        block_size, seed, nprobe, nlist: as in `knn_neighbours`.
+        gram, interest: X X^T and P, when the caller already computed them.
+    """
     _check_k(k)
     if method not in USER_METHODS:
         raise ConfigError(f"user interest method {method!r} is not one of {USER_METHODS}")
