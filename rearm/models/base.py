@@ -17,10 +17,12 @@ A model is a torch module with:
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +65,7 @@ class Recommender(nn.Module):
     @classmethod
     def hyperparameters(cls) -> dict[str, tuple[Any, Any]]:
         """{name: (annotation, default)} of the keyword-only arguments of from_dataset."""
-        hints = typing.get_type_hints(cls.from_dataset)
+        hints = typing.get_type_hints(cls.from_dataset, include_extras=True)
         out = {}
         for name, parameter in inspect.signature(cls.from_dataset).parameters.items():
             if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or name in _PLUMBING:
@@ -89,11 +91,68 @@ class Recommender(nn.Module):
         return resolved
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric domain, declared next to a default as `Annotated[float, Range(gt=0)]`.
+
+    Bounds: `ge` / `gt` below, `le` / `lt` above (None: unbounded). NaN and infinities are
+    outside every Range."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return True  # the type check reports wrong types
+        if not math.isfinite(value):
+            return False
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def describe(self) -> str:
+        low = (
+            f"[{self.ge:g}"
+            if self.ge is not None
+            else f"({self.gt:g}"
+            if self.gt is not None
+            else "(-inf"
+        )
+        high = (
+            f"{self.le:g}]"
+            if self.le is not None
+            else f"{self.lt:g})"
+            if self.lt is not None
+            else "inf)"
+        )
+        return f"in {low}, {high}"
+
+
+def domain_of(annotation: Any) -> tuple[Any, tuple[Range, ...]]:
+    """(base type, domains) of an annotation; plain annotations have no domains."""
+    if typing.get_origin(annotation) is Annotated:
+        base, *extras = typing.get_args(annotation)
+        return base, tuple(extra for extra in extras if isinstance(extra, Range))
+    return annotation, ()
+
+
+def describe_annotation(annotation: Any) -> str:
+    """'float in (0, inf)', 'one of 'a', 'b'', ... for help texts and errors."""
+    base, domains = domain_of(annotation)
+    return " ".join([_describe(base)] + [domain.describe() for domain in domains])
+
+
 def check_type(value: Any, annotation: Any, label: str) -> Any:
-    """Validate `value` against a (simple) type annotation; return it, ints widened to float."""
+    """Validate `value` against a (simple) type annotation and its declared domain; return it,
+    ints widened to float."""
     ok, value = _matches(value, annotation)
     if not ok:
-        raise ConfigError(f"{label} must be {_describe(annotation)}, got {value!r}")
+        raise ConfigError(f"{label} must be {describe_annotation(annotation)}, got {value!r}")
     return value
 
 
@@ -102,6 +161,10 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
         return True, value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        base, domains = domain_of(annotation)
+        ok, value = _matches(value, base)
+        return ok and all(domain.contains(value) for domain in domains), value
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             ok, converted = _matches(value, arg)
@@ -153,7 +216,7 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
 def _describe(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+        return " or ".join(describe_annotation(arg) for arg in typing.get_args(annotation))
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if annotation is type(None):
