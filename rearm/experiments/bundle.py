@@ -6,7 +6,7 @@ stores those two tables next to the weights, the resolved configuration, the id 
 interactions (train to filter seen items; valid and test to re-evaluate).
 
 Layout of RUN_DIR/model/:
-  bundle.json        format version, model name, sizes, protocol, resolved config
+  bundle.json        format version, model name, sizes, protocol, resolved config, score blocks
   embeddings.npz     user [U, D], item [I, D] float32
   interactions.npz   CSR index arrays of train / valid / test
   ids.json           external user and item ids (index -> id), or null
@@ -130,6 +130,10 @@ def save_bundle(
     protocol: str,
 ) -> Path:
     """Write RUN_DIR/model/ (each file atomically)."""
+    # [[name, width], ...] of the model's embedding_blocks() (None: the score has no blocks)
+    blocks = model.embedding_blocks() if hasattr(model, "embedding_blocks") else None
+    if blocks is not None and sum(width for _, width in blocks) != user_repr.shape[1]:
+        raise ValueError(f"embedding_blocks() {blocks} do not cover width {user_repr.shape[1]}")
     folder = Path(run_dir) / BUNDLE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(folder / "embeddings.npz", "wb") as handle:
@@ -164,6 +168,7 @@ def save_bundle(
             "modalities": list(dataset.features),
             "protocol": protocol,
             "config": config,
+            "score_blocks": None if blocks is None else [[str(n), int(w)] for n, w in blocks],
         },
     )
     return folder

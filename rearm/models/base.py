@@ -8,6 +8,9 @@ A model is a torch module with:
     batch; the trainer minimises their sum;
   * `score(users) -> [B, I]`: raw scores (masking belongs to evaluation, never to the model);
   * `on_epoch_start(epoch, generator)`: optional per-epoch work (e.g. FREEDOM's edge pruning);
+  * `embedding_blocks() -> [(name, width), ...] | None`: optional; the named column blocks of
+    `embed()`'s representations, in order, whose per-block inner products add up to the score
+    exactly (REARM: one block per modality plus the meta block); None when there are none;
   * `from_dataset(dataset, *, graph_cache, seed, progress, **hyperparameters)`: build the graphs it
     needs from a Dataset (pure graph builders) and construct the module. Its keyword-only
     parameters with type annotations ARE the model's configuration: they are validated by
@@ -53,6 +56,13 @@ class Recommender(nn.Module):
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch hook; most models need none."""
+
+    def embedding_blocks(self) -> list[tuple[str, int]] | None:
+        """Named column blocks of `embed()`'s user and item representations, in column order:
+        [(name, width), ...] with widths summing to the representation width, so that the score
+        splits exactly into per-block inner products. None (the default) for models whose
+        representation has no such blocks."""
+        return None
 
     def notes(self) -> list[str]:
         """Remarks a run records in results.json (e.g. a reproduced quirk in effect)."""

@@ -213,6 +213,15 @@ class REARM(Recommender):
             blocks.append(self.activation(shared) + ids)
         return torch.cat(blocks, dim=1), modal, ids
 
+    def embedding_blocks(self) -> list[tuple[str, int]]:
+        """h = [one block per modality (data set order) | meta block (absent under no_meta)],
+        each embedding_dim wide; the meta block is named "meta" (or "meta_network" if a
+        modality is itself called "meta")."""
+        blocks = [(modality, self.dim) for modality in self.modalities]
+        if self.use_meta:
+            blocks.append(("meta" if "meta" not in self.modalities else "meta_network", self.dim))
+        return blocks
+
     def notes(self) -> list[str]:
         out = []
         if self.attention.self_attention and self.attention.self_attention[0].dropout >= 1.0:

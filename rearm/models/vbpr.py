@@ -95,6 +95,16 @@ class VBPR(Recommender):
         """-> (user [U, d + d' + 2], item [I, d + d' + 2]); their inner product is the score."""
         return self._users(), self._items()
 
+    def embedding_blocks(self) -> list[tuple[str, int]]:
+        """latent <gamma_u, gamma_i>, content <theta_u, E f_i>, item_bias beta_i and
+        content_bias beta'^T f_i: the four terms of the score, in embed()'s column order."""
+        return [
+            ("latent", self.user_factors.embedding_dim),
+            ("content", self.user_content.embedding_dim),
+            ("item_bias", 1),
+            ("content_bias", 1),
+        ]
+
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
         """users, pos_items, neg_items: LongTensor [B] -> {"bpr", "reg"}."""
         user = self._users(users)
