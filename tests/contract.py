@@ -193,6 +193,24 @@ class ContractTests:
         assert torch.isfinite(scores).all()
         torch.testing.assert_close(scores, user_repr @ item_repr.T)
 
+    def test_embedding_blocks_split_the_score_exactly(self) -> None:
+        model = self.build()
+        model.eval()
+        blocks = model.embedding_blocks()
+        if blocks is None:  # a model without blocks says so with None, nothing else
+            return
+        with torch.no_grad():
+            user_repr, item_repr = model.embed()
+        names = [name for name, _ in blocks]
+        assert len(set(names)) == len(names) and all(isinstance(n, str) and n for n in names)
+        assert all(isinstance(w, int) and w >= 1 for _, w in blocks)
+        assert sum(width for _, width in blocks) == user_repr.shape[1] == item_repr.shape[1]
+        total, start = torch.zeros(user_repr.shape[0], item_repr.shape[0]), 0
+        for _, width in blocks:
+            total += user_repr[:, start : start + width] @ item_repr[:, start : start + width].T
+            start += width
+        torch.testing.assert_close(total, user_repr @ item_repr.T, rtol=1e-5, atol=1e-5)
+
     def test_state_dict_round_trip(self, tmp_path) -> None:
         # a differently seeded fresh model must take on the saved one's outputs exactly
         model = self.build(seed=0)

@@ -269,6 +269,16 @@ def test_ablation_no_meta_drops_only_the_meta_block():
     assert torch.allclose(h_full[:, : 2 * D], h_ablated, atol=1e-6)
 
 
+@pytest.mark.parametrize("modalities", [("image",), ("image", "text"), ("image", "text", "audio")])
+@pytest.mark.parametrize("use_meta", [True, False])
+def test_embedding_blocks_name_each_modality_then_meta(modalities, use_meta):
+    model = make_model(modalities, use_meta=use_meta).eval()
+    expected = [(m, D) for m in modalities] + ([("meta", D)] if use_meta else [])
+    assert model.embedding_blocks() == expected
+    h, _, _ = model.forward_all()
+    assert h.shape[1] == sum(width for _, width in expected)
+
+
 def test_ablation_loss_switches_change_only_their_term():
     full = _same_init().loss(*BATCH)
     no_orth = _same_init(use_orthogonal=False).loss(*BATCH)
