@@ -59,10 +59,19 @@ def plot_heatmap(
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     held_rows, held_columns = np.nonzero(sample.heldout)
     negative_rows, negative_columns = np.nonzero(sample.noninteracted)
+    # one colour scale for all panels, spanning their values: scores trained with BPR are not
+    # calibrated, and on [0, 1] probabilities that all sit near 1 would look uniform
+    low = min(float(np.min(p)) for _, p, _ in panels)
+    high = max(float(np.max(p)) for _, p, _ in panels)
     image = None
     for axis, (title, probabilities, summary) in zip(axes, panels):
         image = axis.imshow(
-            probabilities, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="none"
+            probabilities,
+            vmin=low,
+            vmax=max(high, low + 1e-6),
+            cmap="viridis",
+            aspect="auto",
+            interpolation="none",
         )
         axis.scatter(held_columns, held_rows, s=7, c="white", marker="o", linewidths=0)
         axis.scatter(negative_columns, negative_rows, s=7, c="black", marker="x", linewidths=0.6)
@@ -93,7 +102,7 @@ def plot_heatmap(
         fontsize=7,
     )
     colorbar = figure.colorbar(image, ax=list(axes), shrink=0.9)
-    colorbar.set_label("sigmoid(score)", fontsize=7)
+    colorbar.set_label("sigmoid(score) (scale shared by the panels)", fontsize=7)
     colorbar.ax.tick_params(labelsize=6)
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png")
