@@ -112,7 +112,7 @@ def _plan_folder(folder: str, names: set[str]) -> LayoutPlan | None:
         return f"{folder}/{name}" if folder else name
 
     splits: dict[str, str] = {}
-    for name in sorted(names, key=lambda n: n == "val.npy"):  # valid.npy before val.npy
+    for name in sorted(names, key=lambda n: (n == "val.npy", n)):  # valid.npy before val.npy
         if name in SPLIT_NAMES:
             splits.setdefault(SPLIT_NAMES[name], name)
     inter = sorted(name for name in names if name.endswith(".inter"))
@@ -199,15 +199,24 @@ def fetch_dataset(
             size, expected_sha = listing[repo_path]
             say(f"  {repo_path} ({_size_text(size)})")
             try:
+                # Online, ask for the revision by name so that the client records it in the
+                # cache (refs/<revision>), which an offline rerun needs; the snapshot folder
+                # returned names the commit actually served.
+                cached_only = listing_is_cached(network_error, offline)
                 local = hub.hf_hub_download(
                     repo_id,
                     repo_path,
                     repo_type="dataset",
-                    revision=commit,
+                    revision=commit if cached_only else revision,
                     cache_dir=str(cache),
                     endpoint=endpoint,
-                    local_files_only=listing_is_cached(network_error, offline),
+                    local_files_only=cached_only,
                 )
+                if commit not in Path(local).parts:
+                    raise DataError(
+                        f"{label}: {repo_path} came from another commit than the listing's "
+                        f"{commit} (the revision moved during the fetch); run it again"
+                    )
                 _place(Path(local), stage / name)
             except Exception as error:  # noqa: BLE001
                 raise _download_error(hub, error, label, repo_path, out) from None

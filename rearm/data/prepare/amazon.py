@@ -66,6 +66,8 @@ def prepare_amazon(
     say = progress or (lambda line: None)
     out = Path(out_dir)
     ratios = steps.parse_ratios(split)
+    if k < 1:
+        raise DataError(f"--k-core: must be at least 1, got {k}")
     if images is not None and image_features is not None:
         raise DataError("--image-features and --images: give one image source, not both")
     if (images is None) != (image_model is None):
