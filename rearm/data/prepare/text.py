@@ -83,8 +83,8 @@ def encode_texts(
     batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Encode `sentences` -> (float32 [n, dim], info {model, sentence_transformers, dim,
-    seconds}). Deterministic: CPU, eval mode, fixed batches, seed 0. Empty sentences get the
+    """Encode `sentences` -> (float32 [n, dim], info {sentence_transformers, torch, dim,
+    batch_size, load_seconds (model load), seconds (encoding), threads}). Deterministic: CPU, eval mode, fixed batches, seed 0. Empty sentences get the
     mean vector of the others."""
     try:
         import sentence_transformers
@@ -106,6 +106,7 @@ def encode_texts(
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"--text-model: {model_folder}: cannot load ({first})") from None
     model.eval()
+    loaded = time.perf_counter()
     present = [index for index, sentence in enumerate(sentences) if sentence]
     if not present:
         raise DataError("text features: no item has a title, brand, category or description")
@@ -119,7 +120,7 @@ def encode_texts(
             ).astype(np.float32)
         )
         done = min(start + chunk, len(present))
-        say(f"  text {done:,}/{len(present):,} items, {time.perf_counter() - started:.1f} s")
+        say(f"  text {done:,}/{len(present):,} items, {time.perf_counter() - loaded:.1f} s")
     vectors = np.concatenate(chunks)
     table = np.empty((len(sentences), vectors.shape[1]), dtype=np.float32)
     table[:] = vectors.mean(axis=0)
@@ -129,7 +130,8 @@ def encode_texts(
         "torch": torch.__version__,
         "dim": int(vectors.shape[1]),
         "batch_size": batch_size,
-        "seconds": round(time.perf_counter() - started, 3),
+        "load_seconds": round(loaded - started, 3),
+        "seconds": round(time.perf_counter() - loaded, 3),
         "threads": torch.get_num_threads(),
     }
     return table, info
