@@ -52,7 +52,7 @@ def naive_k_core(pairs, k):
 
 
 def naive_split(times_by_pair, ratios=(8, 1, 1)):
-    """{(user, item): label} per user by (time, item index), with round-half-up counts."""
+    """{(user, item): label} per user by (time, item index): test round-half-up, valid floor."""
     item_ids = sorted({item for _, item in times_by_pair})
     item_index = {item: index for index, item in enumerate(item_ids)}
     by_user = defaultdict(list)
@@ -63,7 +63,7 @@ def naive_split(times_by_pair, ratios=(8, 1, 1)):
     for user, entries in by_user.items():
         entries.sort()
         n = len(entries)
-        valid = max(1, int(n * ratios[1] / total + 0.5)) if ratios[1] else 0
+        valid = max(1, n * ratios[1] // total) if ratios[1] else 0
         test = max(1, int(n * ratios[2] / total + 0.5)) if ratios[2] else 0
         while n - valid - test < 1 and valid > 0:
             valid -= 1
@@ -166,9 +166,9 @@ def test_time_split_ties_and_small_users():
     items = np.array([4, 0, 3, 1, 2])
     labels = time_split(users, items, np.full(5, 7), (8, 1, 1))
     assert dict(zip(items.tolist(), labels.tolist())) == {0: 0, 1: 0, 2: 0, 3: 1, 4: 2}
-    valid, test = split_counts(np.array([1, 2, 3, 9, 10, 14, 15, 24, 25]), (8, 1, 1))
-    assert valid.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 3]
-    assert test.tolist() == [0, 1, 1, 1, 1, 1, 2, 2, 3]
+    valid, test = split_counts(np.array([1, 2, 3, 9, 10, 14, 15, 19, 20, 24, 25, 35]), (8, 1, 1))
+    assert valid.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 3]
+    assert test.tolist() == [0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4]
 
 
 def test_2023_format_prepares_the_same_data_set(tmp_path, raw_2014):

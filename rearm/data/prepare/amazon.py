@@ -147,8 +147,8 @@ def prepare_amazon(
         "counts": counts + core_steps,
         "split": {
             "ratios": split,
-            "rule": "per user by (time, item index): the last round(n*test/total) to test, the "
-            "round(n*valid/total) before them to valid (halves up, each >= 1, train keeps >= 1)",
+            "rule": "per user by (time, item index): the last round(n*test/total) (halves up) to "
+            "test, the floor(n*valid/total) before them to valid, each >= 1, train keeps >= 1",
             **{name: int((labels == code).sum()) for code, name in enumerate(SPLITS)},
         },
         "text": record_text,
