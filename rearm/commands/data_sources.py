@@ -158,7 +158,7 @@ def run_prepare_amazon(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from rearm.data.compare import compare_datasets
 
-    result = compare_datasets(args.path_a, args.path_b, k=args.k)
+    result = compare_datasets(args.path_a, args.path_b, k=args.k, progress=_progress)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -9,6 +9,7 @@ Items are matched by original id when both folders carry `i_id_mapping.csv` (wri
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,13 @@ ITEM_MAP = "i_id_mapping.csv"
 _BLOCK = 1024
 
 
-def compare_datasets(path_a: str | os.PathLike, path_b: str | os.PathLike, *, k: int = 10) -> dict:
+def compare_datasets(
+    path_a: str | os.PathLike,
+    path_b: str | os.PathLike,
+    *,
+    k: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """{items: {a, b, shared, only_a, only_b, matched_by}, users, interactions,
     modalities: {name: {dim_a, dim_b, cosine: {mean, median, p10, min} | None,
     knn_overlap: mean |N_a(i) & N_b(i)| / k}}, only_a / only_b: modality names}."""
@@ -67,6 +74,8 @@ def compare_datasets(path_a: str | os.PathLike, path_b: str | os.PathLike, *, k:
         "only_b": sorted(set(b.features) - set(a.features)),
     }
     for name in sorted(set(a.features) & set(b.features)):
+        if progress is not None:
+            progress(f"comparing {name} over {len(shared):,} shared items")
         features_a = np.asarray(a.features[name][rows_a], dtype=np.float32)
         features_b = np.asarray(b.features[name][rows_b], dtype=np.float32)
         result["modalities"][name] = compare_features(features_a, features_b, k)
