@@ -179,10 +179,16 @@ def fetch_dataset(
                 repo_id, repo_type="dataset", revision=revision, files_metadata=True
             )
             commit = info.sha
+            if not commit or not _COMMIT.match(commit):
+                raise DataError(
+                    f"{label}: the Hub at {endpoint} listed no commit hash ({commit!r})"
+                )
             listing = {
                 sibling.rfilename: (sibling.size, sibling.lfs.sha256 if sibling.lfs else None)
                 for sibling in info.siblings or []
             }
+        except DataError:
+            raise
         except Exception as error:  # noqa: BLE001 - classified below, re-raised if unknown
             network_error = _hub_error(hub, error, label, endpoint)
     if listing is None:
@@ -202,7 +208,7 @@ def fetch_dataset(
                 # Online, ask for the revision by name so that the client records it in the
                 # cache (refs/<revision>), which an offline rerun needs; the snapshot folder
                 # returned names the commit actually served.
-                cached_only = listing_is_cached(network_error, offline)
+                cached_only = _cached_only(network_error, offline)
                 local = hub.hf_hub_download(
                     repo_id,
                     repo_path,
@@ -242,7 +248,7 @@ def fetch_dataset(
             "revision": revision,
             "commit": commit,
             "endpoint": endpoint,
-            "from_cache_only": listing_is_cached(network_error, offline),
+            "from_cache_only": _cached_only(network_error, offline),
             "layout": plan.layout,
             "subfolder": plan.folder,
             "files": files,
@@ -255,7 +261,7 @@ def fetch_dataset(
     return {**record, "card": card}
 
 
-def listing_is_cached(network_error: Exception | None, offline: bool) -> bool:
+def _cached_only(network_error: Exception | None, offline: bool) -> bool:
     return offline or network_error is not None
 
 
