@@ -359,3 +359,48 @@ def test_image_folder_with_exported_model(tmp_path, raw_2014):
     assert result["image"]["found"] == sum(item in item_ids for item in items[:10])
     with gzip.open(raw_2014[0]) as handle:  # the input files are untouched
         assert handle.readline()
+
+
+def test_published_feature_file_duplicates_and_2023_brand(tmp_path):
+    from rearm.data.prepare.image import read_published_features
+    from rearm.data.prepare.raw import item_fields
+
+    path = tmp_path / "f.b"
+    rows = [("B1", 1.0), ("B2", 2.0), ("B1", 9.0)]  # B1 twice: the first record wins
+    with open(path, "wb") as handle:
+        for asin, value in rows:
+            handle.write(asin.encode().ljust(10) + np.full(4, value, "<f4").tobytes())
+    table, counts = read_published_features(path, np.array(["B1", "B3", "B2"]), dim=4)
+    assert counts == {"records": 3, "duplicates": 1, "found": 2, "missing": 1}
+    np.testing.assert_array_equal(table[:, 0], [1.0, 1.5, 2.0])
+    fields = item_fields({"title": " A  b ", "store": "Shop", "details": {"Brand": "Acme"}})
+    assert fields == {"title": "A b", "brand": "Acme"}
+
+
+def test_prepare_baby_benchmark_quick(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    split = next(
+        (
+            p
+            for p in (root.parent / "shared/data/amazon/baby", root / "shared/data/amazon/baby")
+            if p.is_dir()
+        ),
+        None,
+    )
+    if split is None:
+        pytest.skip("shared/data/amazon/baby not found")
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks/prepare_baby.py"), str(split), "--quick"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "prepare_baby.json").read_text())
+    assert result["users"] > 0 and result["image"]["missing"] == 0
