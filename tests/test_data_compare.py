@@ -102,3 +102,13 @@ def test_compare_by_index_and_errors(rearm_dir, tmp_path, two_prepared, run_cli)
         compare_datasets(rearm_dir, two_prepared[0])
     code, _, err = run_cli("data", "compare", rearm_dir, copy, "--k", "0")
     assert code == 2 and "--k" in err
+
+
+def test_id_mapping_comma_or_tab(tmp_path):
+    (tmp_path / "a.csv").write_text("item,itemID\nB2,1\nB1,0\n")
+    (tmp_path / "b.csv").write_text("asin\titemID\nB1\t0\nB2\t1\n")
+    assert read_id_mapping(tmp_path / "a.csv").tolist() == ["B1", "B2"]
+    assert read_id_mapping(tmp_path / "b.csv").tolist() == ["B1", "B2"]
+    (tmp_path / "c.csv").write_text("item,itemID\nB1,0\nB2,0\n")
+    with pytest.raises(DataError, match="0..n-1"):
+        read_id_mapping(tmp_path / "c.csv")

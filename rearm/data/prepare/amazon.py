@@ -205,10 +205,14 @@ def _count(step: str, users: np.ndarray, items: np.ndarray) -> dict:
 
 
 def read_id_mapping(path: str | os.PathLike) -> np.ndarray:
-    """The ids of a `u_id_mapping.csv` / `i_id_mapping.csv` file, in index order."""
+    """The ids of a `u_id_mapping.csv` / `i_id_mapping.csv` file (id, index columns; comma- or
+    tab-separated, the latter as MMRec writes them), in index order."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+        header = handle.readline()
+        handle.seek(0)
+        delimiter = "\t" if "\t" in header and "," not in header else ","
+        rows = list(csv.reader(handle, delimiter=delimiter))
     if len(rows) < 2 or len(rows[0]) != 2:
         raise DataError(f"{path}: expected a header (id, index) and one row per id")
     try:
