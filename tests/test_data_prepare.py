@@ -404,3 +404,28 @@ def test_prepare_baby_benchmark_quick(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "prepare_baby.json").read_text())
     assert result["users"] > 0 and result["image"]["missing"] == 0
+
+
+def test_disk_full_while_writing_is_one_line(tmp_path, raw_2014, monkeypatch, run_cli):
+    import errno
+
+    from rearm.data.prepare import amazon
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(amazon, "_write_mapping", full)
+    code, _, err = run_cli(
+        "data",
+        "prepare",
+        "amazon",
+        "--reviews",
+        raw_2014[0],
+        "--meta",
+        raw_2014[1],
+        "--out",
+        tmp_path / "out",
+        "--no-text",
+    )
+    assert code == 2 and "disk full (No space left on device)" in error_line(err)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

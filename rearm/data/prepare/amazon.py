@@ -8,6 +8,7 @@ parse (raw.py) -> deduplicate -> k-core -> map ids -> split by time (steps.py) -
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import platform
@@ -154,12 +155,16 @@ def prepare_amazon(
         "text": record_text,
         "image": record_image,
     }
-    with output_folder(out, force) as stage:
-        _write(stage, user_index, item_index, labels, features, user_ids, item_ids, mmrec_name)
-        dataset = load_dataset(stage, format="rearm")
-        card = describe(dataset)
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        write_json(stage / PREPARE_FILE, record)
+    try:
+        with output_folder(out, force) as stage:
+            _write(stage, user_index, item_index, labels, features, user_ids, item_ids, mmrec_name)
+            dataset = load_dataset(stage, format="rearm")
+            card = describe(dataset)
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            write_json(stage / PREPARE_FILE, record)
+    except OSError as error:
+        problem = "disk full" if error.errno == errno.ENOSPC else "cannot write"
+        raise DataError(f"{out}: {problem} ({error.strerror or error})") from None
     card["source"] = str(out)
     return {**record, "card": card}
 
