@@ -200,63 +200,68 @@ def fetch_dataset(
 
     started = time.perf_counter()
     files = []
-    with output_folder(out, force) as stage:
-        for name, repo_path in plan.files.items():
-            size, expected_sha = listing[repo_path]
-            say(f"  {repo_path} ({_size_text(size)})")
-            try:
-                # Online, ask for the revision by name so that the client records it in the
-                # cache (refs/<revision>), which an offline rerun needs; the snapshot folder
-                # returned names the commit actually served.
-                cached_only = _cached_only(network_error, offline)
-                local = hub.hf_hub_download(
-                    repo_id,
-                    repo_path,
-                    repo_type="dataset",
-                    revision=commit if cached_only else revision,
-                    cache_dir=str(cache),
-                    endpoint=endpoint,
-                    local_files_only=cached_only,
-                )
-                if commit not in Path(local).parts:
-                    raise DataError(
-                        f"{label}: {repo_path} came from another commit than the listing's "
-                        f"{commit} (the revision moved during the fetch); run it again"
+    try:
+        with output_folder(out, force) as stage:
+            for name, repo_path in plan.files.items():
+                size, expected_sha = listing[repo_path]
+                say(f"  {repo_path} ({_size_text(size)})")
+                try:
+                    # Online, ask for the revision by name so that the client records it in the
+                    # cache (refs/<revision>), which an offline rerun needs; the snapshot folder
+                    # returned names the commit actually served.
+                    cached_only = _cached_only(network_error, offline)
+                    local = hub.hf_hub_download(
+                        repo_id,
+                        repo_path,
+                        repo_type="dataset",
+                        revision=commit if cached_only else revision,
+                        cache_dir=str(cache),
+                        endpoint=endpoint,
+                        local_files_only=cached_only,
                     )
-                _place(Path(local), stage / name)
-            except Exception as error:  # noqa: BLE001
-                raise _download_error(hub, error, label, repo_path, out) from None
-            digest = file_sha256(stage / name)
-            if expected_sha is not None and digest != expected_sha:
-                raise DataError(
-                    f"{label}: {repo_path}: SHA-256 {digest} does not match the Hub's {expected_sha}"
+                    if commit not in Path(local).parts:
+                        raise DataError(
+                            f"{label}: {repo_path} came from another commit than the listing's "
+                            f"{commit} (the revision moved during the fetch); run it again"
+                        )
+                    _place(Path(local), stage / name)
+                except Exception as error:  # noqa: BLE001
+                    raise _download_error(hub, error, label, repo_path, out) from None
+                digest = file_sha256(stage / name)
+                if expected_sha is not None and digest != expected_sha:
+                    raise DataError(
+                        f"{label}: {repo_path}: SHA-256 {digest} does not match the Hub's {expected_sha}"
+                    )
+                files.append(
+                    {
+                        "name": name,
+                        "repo_path": repo_path,
+                        "bytes": (stage / name).stat().st_size,
+                        "sha256": digest,
+                    }
                 )
-            files.append(
-                {
-                    "name": name,
-                    "repo_path": repo_path,
-                    "bytes": (stage / name).stat().st_size,
-                    "sha256": digest,
-                }
-            )
-        dataset = load_dataset(stage, format=plan.layout)
-        card = describe(dataset)
-        record = {
-            "source": source,
-            "repo_id": repo_id,
-            "repo_type": "dataset",
-            "revision": revision,
-            "commit": commit,
-            "endpoint": endpoint,
-            "from_cache_only": _cached_only(network_error, offline),
-            "layout": plan.layout,
-            "subfolder": plan.folder,
-            "files": files,
-            "huggingface_hub": getattr(hub, "__version__", "unknown"),
-            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        write_json(stage / SOURCE_FILE, record)
+            dataset = load_dataset(stage, format=plan.layout)
+            card = describe(dataset)
+            record = {
+                "source": source,
+                "repo_id": repo_id,
+                "repo_type": "dataset",
+                "revision": revision,
+                "commit": commit,
+                "endpoint": endpoint,
+                "from_cache_only": _cached_only(network_error, offline),
+                "layout": plan.layout,
+                "subfolder": plan.folder,
+                "files": files,
+                "huggingface_hub": getattr(hub, "__version__", "unknown"),
+                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            write_json(stage / SOURCE_FILE, record)
+    except OSError as error:
+        problem = "disk full" if error.errno == errno.ENOSPC else "cannot write"
+        raise DataError(f"{out}: {problem} ({error.strerror or error})") from None
+
     card["source"] = str(out)
     return {**record, "card": card}
 
