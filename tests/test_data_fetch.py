@@ -309,3 +309,20 @@ def test_missing_extra_names_it(monkeypatch, tmp_path, run_cli):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     code, _, err = run_cli("data", "fetch", "baby", "--out", tmp_path / "out")
     assert code == 2 and "pip install 'rearm[hub]'" in err
+
+
+def test_unreachable_hub_falls_back_to_the_cache(hub, tiny, tmp_path):
+    import socket
+
+    _fetch(hub, tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = fetch_dataset(
+        "baby",
+        tmp_path / "later",
+        endpoint=f"http://127.0.0.1:{port}",
+        cache_dir=tmp_path / "cache",
+    )
+    assert result["from_cache_only"] and result["commit"] == COMMIT
+    assert load_dataset(tmp_path / "later").fingerprint() == tiny.fingerprint()
