@@ -7,8 +7,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,3 +52,37 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_folder(
+    path: str | os.PathLike, *, replace: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Build a folder in a hidden temporary sibling and move it to `path` only on success.
+
+    A crash, an error or Ctrl-C inside the block leaves `path` as it was (missing, empty or the
+    previous folder) and removes the temporary one, so a half-written data set never sits at
+    `path`. `path` may be missing or empty; a non-empty `path` is replaced only when
+    `replace(path)` says so (the caller decides what it may overwrite), else FileExistsError.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    occupied = path.is_dir() and any(path.iterdir())
+    if occupied and (replace is None or not replace(path)):
+        raise FileExistsError(f"{path}: folder is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_umask())
+        if occupied:
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / path.name)
+            os.replace(stage, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, path)  # rename(2) replaces an empty folder
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

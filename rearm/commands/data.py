@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rearm.commands import data_sources
 from rearm.data.describe import describe
 from rearm.data.readers import FORMATS, load_dataset
 from rearm.data.synth import (
@@ -57,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="write into a non-empty folder that is not a data set"
     )
     synth.set_defaults(handler=run_synth)
+
+    data_sources.register(commands)
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
