@@ -234,7 +234,8 @@ def _caption(report: dict, table: dict) -> str:
     text = (
         f"{report['study']} on {table['data']}: mean ± std over {seeds} seed(s); Δ and "
         f"Wilcoxon signed-rank p (per-user test metric averaged over seeds, Holm-corrected over "
-        f"the rows; * p < {ALPHA}) against {table['reference']}."
+        f"the rows; * p < {ALPHA}; - where every per-user difference is zero) against "
+        f"{table['reference']}."
     )
     for label in table["chosen"]:
         entry = next(e for e in table["rows"] if e["label"] == label)
