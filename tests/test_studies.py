@@ -173,7 +173,7 @@ def study(tmp_path_factory, data_dir) -> Path:
     out = folder / "study"
     result = _study(["run", _spec(folder, data_dir), "--out", out, "--jobs", "2", "--threads", "1"])
     assert result.returncode == 0, result.stderr
-    assert "(2 at a time, 1 threads each, cpu)" in result.stderr
+    assert "(2 at a time, 1 threads each, auto)" in result.stderr
     assert "[4/4]" in result.stderr and "ETA" in result.stderr
     return out
 

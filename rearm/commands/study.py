@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     run.add_argument("--threads", type=int, help="threads per run (default: cores // jobs)")
-    run.add_argument("--device", help="cpu or cuda[:N] for every run (default cpu)")
+    run.add_argument("--device", help="auto, cpu or cuda[:N] for every run (default auto)")
     run.add_argument("--devices", help="comma-separated devices spread over the jobs")
     run.add_argument(
         "--executor",

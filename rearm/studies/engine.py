@@ -164,7 +164,7 @@ def run_study(
 
     jobs: cells at once; threads: threads per cell (default: cores // jobs, at least 1);
     devices: device names given to cells round-robin by worker slot (default: the spec's device,
-    else "cpu"); executor: "local" (worker processes) or "ray" (`address` of a running cluster,
+    else "auto", as for `rearm train`); executor: "local" (worker processes) or "ray" (`address` of a running cluster,
     default a local instance). Ctrl-C stops the running cells (SIGTERM, then SIGKILL), records
     them as interrupted and re-raises KeyboardInterrupt.
     """
@@ -175,7 +175,7 @@ def run_study(
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor: expected local or ray, got {executor!r}")
     out = Path(out)
-    devices = devices or [spec.device or "cpu"]
+    devices = devices or [spec.device or "auto"]
     for device in devices:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise ConfigError(f"--device: expected cpu or cuda[:N], got {device!r}")
