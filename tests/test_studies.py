@@ -115,6 +115,9 @@ def test_every_template_expands_and_round_trips_as_yaml(name):
         assert len(rows) == 20 and len({c.key for c in cells}) == 19 * 3  # default shared
     if name == "protocols":
         assert {c.config.protocol for c in cells} == {"standard", "reference"}
+    # protocols are compared, never selected by validation
+    sweeps = ("rank", "cooccurrence", "sparsity", "layers")
+    assert spec.kind == ("sweep" if name in sweeps else "comparison")
 
 
 def test_preset_applies_to_the_models_that_define_it():

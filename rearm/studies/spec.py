@@ -77,8 +77,10 @@ class StudySpec:
 
     @property
     def kind(self) -> str:
-        """ "sweep" (axes: the valid-best row is chosen) or "comparison" (variants / models)."""
-        return "sweep" if self.groups else "comparison"
+        """ "sweep" (axes over settings: the report chooses the valid-best row) or "comparison"
+        (variants, models, or axes over the protocol only, which is not a setting to select)."""
+        keys = {key for group in self.groups for dim in group for point in dim for key in point}
+        return "sweep" if keys - {"protocol"} else "comparison"
 
     def to_dict(self) -> dict:
         return {
