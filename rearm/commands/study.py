@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
+    _stop_on_signals()
     result = run_study(
         spec,
         args.out,
@@ -148,6 +150,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return 0 if result["status"] == "complete" else 1
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (and SIGINT, even where the shell started us with it ignored) stop a study as
+    Ctrl-C does: the running cells are stopped and recorded, and the study can be resumed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _report(args: argparse.Namespace) -> int:
