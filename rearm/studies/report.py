@@ -230,12 +230,11 @@ def _cells(entry: dict) -> list[str]:
 
 
 def _caption(report: dict, table: dict) -> str:
-    seeds = max((e["seeds"] for e in table["rows"]), default=0)
     text = (
-        f"{report['study']} on {table['data']}: mean ± std over {seeds} seed(s); Δ and "
-        f"Wilcoxon signed-rank p (per-user test metric averaged over seeds, Holm-corrected over "
-        f"the rows; * p < {ALPHA}; - where every per-user difference is zero) against "
-        f"{table['reference']}."
+        f"{report['study']} on {table['data']}: mean ± std over the seeds of each row (column "
+        f"seeds); Δ and Wilcoxon signed-rank p (per-user test metric averaged over seeds, "
+        f"Holm-corrected over the rows; * p < {ALPHA}; - where undefined: the reference itself, "
+        f"no complete run, or no per-user difference) against {table['reference']}."
     )
     for label in table["chosen"]:
         entry = next(e for e in table["rows"] if e["label"] == label)
