@@ -168,7 +168,7 @@ def _report(args: argparse.Namespace) -> int:
 
     report = build_report(args.study_dir, reference=args.reference)
     out = Path(args.out) if args.out else Path(args.study_dir) / "report"
-    written = write_report(args.study_dir, out, report)
+    written = write_report(report, out)
     if not args.no_plots:
         try:
             from rearm.studies.plots import plot_report

@@ -335,7 +335,7 @@ FORMATS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}
 
 
-def write_report(study_dir: str | os.PathLike, out: str | os.PathLike, report: dict) -> list[Path]:
+def write_report(report: dict, out: str | os.PathLike) -> list[Path]:
     """Write report.md / .csv / .tex / .json into `out` (atomically); returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
