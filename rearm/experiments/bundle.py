@@ -54,8 +54,9 @@ class Bundle:
         """The saved interactions of one split (same accessor as Dataset.split)."""
         return self.interactions[name]
 
-    def evaluate(self, split: str, batch_size: int = 1024) -> dict[str, float]:
-        """Full-ranking metrics of the saved representations under the run's protocol."""
+    def evaluate(self, split: str, batch_size: int = 1024, per_user: bool = False) -> dict:
+        """Full-ranking metrics of the saved representations under the run's protocol; with
+        per_user=True also the per-user vectors under "per_user" (see `rank_metrics`)."""
         from rearm.evaluation import evaluate_model
         from rearm.evaluation.protocol import get_protocol
 
@@ -71,6 +72,7 @@ class Bundle:
             mask,
             ks=protocol.ks,
             batch_size=batch_size,
+            per_user=per_user,
         )
 
     def user_index(self, external: list[str]) -> np.ndarray:

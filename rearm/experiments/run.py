@@ -4,7 +4,9 @@ RUN_DIR/
   config.yaml      the fully resolved configuration
   protocol.json    negatives, masking, evaluated users, tie rule, metric definitions, data hashes
   metrics.jsonl    one JSON line per epoch (losses, valid metrics, train_s, eval_s)
-  results.json     best epoch, valid / test metrics at the best epoch, timing, peak memory
+  per_user.npz     per-user valid / test metrics of the saved model (see `write_per_user`)
+  results.json     best epoch, valid / test metrics at the best epoch, timing, peak memory;
+                   written last, so its presence marks a complete run
   checkpoint.pt    state_dict of the best epoch so far (written when validation improves)
   model/           the saved bundle (rearm.experiments.bundle)
 Every file is written atomically.
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rearm.data.dataset import Dataset
@@ -30,7 +33,7 @@ from rearm.io import atomic_open, file_sha256, write_json
 from rearm.models import get_model
 from rearm.training.trainer import EpochRecord, Progress, fit, resolve_device, seed_everything
 
-RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "protocol.json")
+RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "protocol.json", "per_user.npz")
 REPORTED = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "Precision@20", "MAP@20")
 
 # The embedded default data set (`rearm train` with no --data).
@@ -173,8 +176,11 @@ def train_run(
     )
     # Final metrics come from the saved bundle itself, so `rearm evaluate` reproduces them exactly.
     bundle = load_bundle(out)
-    valid = bundle.evaluate("valid", training["eval_batch_size"])
-    test = bundle.evaluate("test", training["eval_batch_size"])
+    valid = bundle.evaluate("valid", training["eval_batch_size"], per_user=True)
+    test = bundle.evaluate("test", training["eval_batch_size"], per_user=True)
+    write_per_user(
+        out / "per_user.npz", {"valid": valid.pop("per_user"), "test": test.pop("per_user")}
+    )
     results = {
         "model": config.model,
         "preset": config.preset,
@@ -204,6 +210,20 @@ def train_run(
         f"NDCG@20={test['NDCG@20']:.4f} -> {out}"
     )
     return results
+
+
+def write_per_user(path: str | os.PathLike, tables: dict[str, dict]) -> None:
+    """Write per-user metrics atomically: for each split, `<split>_users` (int64 user indices
+    evaluated, ascending) and `<split>_<Metric>@K` (float64, aligned with them)."""
+    arrays = {}
+    for split, table in tables.items():
+        order = np.argsort(table["users"], kind="stable")
+        arrays[f"{split}_users"] = table["users"][order]
+        for name, values in table.items():
+            if name != "users":
+                arrays[f"{split}_{name}"] = values[order]
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def _rest(metrics: dict) -> dict:

@@ -1,0 +1,351 @@
+"""Study reports: pure functions of the saved run folders (a report never trains).
+
+One table per data set of the study. Per row (a configuration over its seeds): mean ± std of
+valid and test Recall@10/20 and NDCG@10/20, the relative change of the test means against the
+reference row, and a paired test against it: each user's test Recall@20 (and NDCG@20) averaged
+over the row's seeds, Wilcoxon signed-rank across the users both rows evaluate, p-values
+Holm-corrected over the rows of the table. In a sweep, the row with the best mean **valid**
+Recall@20 (per model and axis group) is marked as chosen and its test numbers are the result;
+test numbers never choose anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rearm.errors import RunError
+from rearm.io import atomic_open, write_json
+from rearm.studies.engine import STUDY_FILE, cell_complete
+from rearm.studies.stats import holm, mean_std, relative_change, wilcoxon_signed_rank
+
+METRICS = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")
+TESTED = ("Recall@20", "NDCG@20")
+SELECTION = ("valid", "Recall@20")
+ALPHA = 0.05
+SHORT = {"Recall@10": "R@10", "Recall@20": "R@20", "NDCG@10": "N@10", "NDCG@20": "N@20"}
+
+
+def load_study(study_dir: str | os.PathLike) -> dict:
+    path = Path(study_dir) / STUDY_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found (is {study_dir} a study directory?)") from None
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path}: unreadable study record ({error})") from None
+
+
+def _row_runs(study_dir: Path, study: dict, row: int) -> list[Path]:
+    """The complete run folders of a row (one per seed), in seed order."""
+    runs = []
+    for cell in sorted((c for c in study["cells"] if c["row"] == row), key=lambda c: c["seed"]):
+        run_dir = study_dir / cell["dir"]
+        if cell_complete(run_dir, cell["key"]):
+            runs.append(run_dir)
+    return runs
+
+
+def _per_user_mean(runs: list[Path], split: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, metric averaged over the runs) for the users every run evaluated."""
+    tables = []
+    for run in runs:
+        with np.load(run / "per_user.npz") as data:
+            tables.append((data[f"{split}_users"], data[f"{split}_{metric}"]))
+    users = tables[0][0]
+    for other, _ in tables[1:]:
+        users = np.intersect1d(users, other)
+    values = [vals[np.searchsorted(u, users)] for u, vals in tables]
+    return users, np.mean(values, axis=0)
+
+
+def paired_test(
+    runs: list[Path], reference_runs: list[Path], metric: str, split: str = "test"
+) -> tuple[float, float]:
+    """(statistic, p) of the Wilcoxon signed-rank test between two rows' per-user `metric`,
+    each averaged over its seeds, on the users both evaluate."""
+    users, values = _per_user_mean(runs, split, metric)
+    ref_users, ref_values = _per_user_mean(reference_runs, split, metric)
+    common = np.intersect1d(users, ref_users)
+    return wilcoxon_signed_rank(
+        values[np.searchsorted(users, common)], ref_values[np.searchsorted(ref_users, common)]
+    )
+
+
+def _training_curve(runs: list[Path]) -> list[float]:
+    """Mean valid Recall@20 per epoch over the runs that reached the epoch."""
+    curves = []
+    for run in runs:
+        try:
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            continue
+        curves.append([json.loads(text)["valid"]["Recall@20"] for text in lines if text.strip()])
+    length = max((len(c) for c in curves), default=0)
+    return [float(np.mean([c[e] for c in curves if len(c) > e])) for e in range(length)]
+
+
+def build_report(study_dir: str | os.PathLike, reference: str | None = None) -> dict:
+    """The report as a JSON-able dict: {"study", "kind", "tables": [...]} (see the module doc)."""
+    study_dir = Path(study_dir)
+    study = load_study(study_dir)
+    rows = study["rows"]
+    labels = [row["label"] for row in rows]
+    reference = reference or study.get("reference")
+    if reference is not None and reference not in labels:
+        raise RunError(f"--reference: no row {reference!r} (rows: {', '.join(labels)})")
+    tables = []
+    for data_label in dict.fromkeys(row["data_label"] for row in rows):
+        members = [row for row in rows if row["data_label"] == data_label]
+        tables.append(_table(study_dir, study, members, data_label, reference))
+    return {"study": study["name"], "kind": study["kind"], "tables": tables}
+
+
+def _table(study_dir, study, members, data_label, reference) -> dict:
+    prefix = f"{data_label} " if len({r["data_label"] for r in study["rows"]}) > 1 else ""
+    names = [r["label"] for r in members]
+    if reference is None:
+        reference = prefix + "full" if prefix + "full" in names else names[0]
+    elif reference not in names:
+        # the named reference belongs to another data set: the same row name there
+        bare = reference.split(" ", 1)[1] if " " in reference else reference
+        reference = prefix + bare if prefix + bare in names else names[0]
+    entries = []
+    runs_of = {}
+    for row in members:
+        runs = _row_runs(study_dir, study, row["index"])
+        runs_of[row["label"]] = runs
+        entry = {
+            "label": row["label"],
+            "model": row["model"],
+            "group": row["group"],
+            "values": row["values"],
+            "seeds": len(runs),
+            "valid": {},
+            "test": {},
+            "reference": row["label"] == reference,
+            "chosen": False,
+        }
+        results = [json.loads((run / "results.json").read_text()) for run in runs]
+        for split in ("valid", "test"):
+            for metric in METRICS:
+                mean, std = mean_std([r[split][metric] for r in results])
+                entry[split][metric] = {"mean": mean, "std": std}
+        entry["best_epoch"] = mean_std([r["best_epoch"] for r in results])[0]
+        entry["run_s"] = mean_std([r["timing"]["total_s"] for r in results])[0]
+        entry["curve"] = _training_curve(runs)
+        entries.append(entry)
+    reference_entry = next(e for e in entries if e["reference"])
+    reference_runs = runs_of[reference]
+    for metric in TESTED:
+        p_values = []
+        for entry in entries:
+            entry.setdefault("change", {})[metric] = relative_change(
+                entry["test"][metric]["mean"], reference_entry["test"][metric]["mean"]
+            )
+            runs = runs_of[entry["label"]]
+            if entry["reference"] or not runs or not reference_runs:
+                statistic, p = math.nan, math.nan
+            else:
+                statistic, p = paired_test(runs, reference_runs, metric)
+            entry.setdefault("wilcoxon", {})[metric] = {"statistic": statistic, "p": p}
+            p_values.append(p)
+        for entry, adjusted in zip(entries, holm(p_values)):
+            entry["wilcoxon"][metric]["p_holm"] = float(adjusted)
+    for entry in entries:
+        entry["significant"] = any(
+            entry["wilcoxon"][m]["p_holm"] < ALPHA for m in TESTED
+        )  # NaN compares False
+    chosen = []
+    if study["kind"] == "sweep":
+        groups: dict[tuple, list[dict]] = {}
+        for entry in entries:
+            if entry["seeds"]:
+                groups.setdefault((entry["model"], entry["group"]), []).append(entry)
+        for group in groups.values():
+            split, metric = SELECTION
+            best = max(group, key=lambda e: e[split][metric]["mean"])
+            best["chosen"] = True
+            chosen.append(best["label"])
+    return {
+        "data": data_label,
+        "reference": reference,
+        "selection": f"mean {SELECTION[0]} {SELECTION[1]}",
+        "chosen": chosen,
+        "rows": entries,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def _pm(cell: dict) -> str:
+    if math.isnan(cell["mean"]):
+        return "-"
+    if math.isnan(cell["std"]):
+        return f"{cell['mean']:.4f}"
+    return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+
+
+def _change(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
+def _p(test: dict) -> str:
+    if math.isnan(test["p_holm"]):
+        return "-"
+    return f"{test['p_holm']:.2g}" + ("*" if test["p_holm"] < ALPHA else "")
+
+
+def _columns() -> list[str]:
+    return (
+        ["row", "seeds"]
+        + [f"valid {SHORT[m]}" for m in METRICS]
+        + [f"test {SHORT[m]}" for m in METRICS]
+        + [f"Δ test {SHORT[m]}" for m in TESTED]
+        + [f"p {SHORT[m]} (Holm)" for m in TESTED]
+    )
+
+
+def _cells(entry: dict) -> list[str]:
+    label = entry["label"]
+    if entry["reference"]:
+        label += " (reference)"
+    if entry["chosen"]:
+        label += " (chosen)"
+    return (
+        [label, str(entry["seeds"])]
+        + [_pm(entry["valid"][m]) for m in METRICS]
+        + [_pm(entry["test"][m]) for m in METRICS]
+        + [_change(entry["change"][m]) for m in TESTED]
+        + [_p(entry["wilcoxon"][m]) for m in TESTED]
+    )
+
+
+def _caption(report: dict, table: dict) -> str:
+    text = (
+        f"{report['study']} on {table['data']}: mean ± std over the seeds of each row (column "
+        f"seeds); Δ and Wilcoxon signed-rank p (per-user test metric averaged over seeds, "
+        f"Holm-corrected over the rows; * p < {ALPHA}; - where undefined: the reference itself, "
+        f"no complete run, or no per-user difference) against {table['reference']}."
+    )
+    for label in table["chosen"]:
+        entry = next(e for e in table["rows"] if e["label"] == label)
+        text += (
+            f" Chosen by {table['selection']}: {label}, test Recall@20 "
+            f"{_pm(entry['test']['Recall@20'])}, NDCG@20 {_pm(entry['test']['NDCG@20'])}."
+        )
+    return text
+
+
+def to_markdown(report: dict) -> str:
+    out = []
+    for table in report["tables"]:
+        out.append(_caption(report, table))
+        out.append("")
+        columns = _columns()
+        out.append("| " + " | ".join(columns) + " |")
+        out.append("|" + "---|" * len(columns))
+        for entry in table["rows"]:
+            out.append("| " + " | ".join(_cells(entry)) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_latex(report: dict) -> str:
+    out = []
+    for table in report["tables"]:
+        columns = _columns()
+        out.append("\\begin{table}[t]")
+        out.append("\\caption{" + _latex_escape(_caption(report, table)) + "}")
+        out.append("\\begin{tabular}{l" + "r" * (len(columns) - 1) + "}")
+        out.append("\\hline")
+        out.append(" & ".join(_latex_escape(c) for c in columns) + " \\\\")
+        out.append("\\hline")
+        for entry in table["rows"]:
+            out.append(" & ".join(_latex_escape(c) for c in _cells(entry)) + " \\\\")
+        out.append("\\hline")
+        out.append("\\end{tabular}")
+        out.append("\\end{table}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _latex_escape(text: str) -> str:
+    for plain, escaped in (
+        ("\\", "\\textbackslash{}"),
+        ("_", "\\_"),
+        ("%", "\\%"),
+        ("&", "\\&"),
+        ("#", "\\#"),
+        ("±", "$\\pm$"),
+        ("Δ", "$\\Delta$"),
+    ):
+        text = text.replace(plain, escaped)
+    return text
+
+
+def to_csv(report: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["data", "row", "model", "seeds", "reference", "chosen"]
+    for split in ("valid", "test"):
+        for metric in METRICS:
+            header += [f"{split}_{metric}_mean", f"{split}_{metric}_std"]
+    for metric in TESTED:
+        header += [f"change_test_{metric}", f"p_{metric}", f"p_{metric}_holm"]
+    header += ["significant"]
+    writer.writerow(header)
+    for table in report["tables"]:
+        for e in table["rows"]:
+            line = [table["data"], e["label"], e["model"], e["seeds"], e["reference"], e["chosen"]]
+            for split in ("valid", "test"):
+                for metric in METRICS:
+                    line += [e[split][metric]["mean"], e[split][metric]["std"]]
+            for metric in TESTED:
+                test = e["wilcoxon"][metric]
+                line += [e["change"][metric], test["p"], test["p_holm"]]
+            writer.writerow(line + [e["significant"]])
+    return buffer.getvalue()
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(_json_safe(report), indent=2)
+
+
+def _json_safe(value):
+    """NaN -> null, so the file is strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+FORMATS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "json": to_json}
+EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}
+
+
+def write_report(report: dict, out: str | os.PathLike) -> list[Path]:
+    """Write report.md / .csv / .tex / .json into `out` (atomically); returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, render in FORMATS.items():
+        path = out / f"report.{EXTENSIONS[name]}"
+        if name == "json":
+            write_json(path, _json_safe(report))
+        else:
+            with atomic_open(path) as handle:
+                handle.write(render(report))
+        written.append(path)
+    return written
