@@ -116,7 +116,8 @@ class BM3(Recommender):
     def online(self) -> tuple[Tensor, Tensor]:
         """Online ID representations before the predictor (eq. 3): (H_u [U, d], H_i [I, d])."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
-        nodes = propagate(self.bipartite, ego, self.num_layers, combine="mean")
+        # the normalised bipartite graph is symmetric: it is its own transpose
+        nodes = propagate(self.bipartite, ego, self.num_layers, "mean", transpose=self.bipartite)
         return nodes[: self.num_users], nodes[self.num_users :] + self.item_embedding.weight
 
     def embed(self) -> tuple[Tensor, Tensor]:
