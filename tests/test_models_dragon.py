@@ -186,6 +186,15 @@ def test_user_graph_rows_and_single_modality():
     assert users.shape == (U, 4) and items.shape == (I, 4)
 
 
+def test_embedding_blocks_split_the_score_by_modality():
+    model, _ = build()
+    with torch.no_grad():
+        users, items = model.embed()
+    assert model.embedding_blocks() == [("image", 4), ("text", 4)]
+    per_block = sum(users[:, s : s + 4] @ items[:, s : s + 4].T for s in (0, 4))
+    torch.testing.assert_close(per_block, users @ items.T)
+
+
 def test_needs_a_modality():
     from rearm.errors import ConfigError
 

@@ -160,6 +160,13 @@ class DRAGON(Recommender):
             )
         return users, items
 
+    def embedding_blocks(self) -> list[tuple[str, int]]:
+        """One block of d columns per modality channel, in embed()'s column order: the
+        homogeneous graphs act on every column alike, so the score is the sum of the
+        per-modality inner products."""
+        width = self.user_preferences[0].shape[1]
+        return [(name, width) for name in self.modalities]
+
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
         """users, pos_items, neg_items: LongTensor [B] -> {"bpr", "reg"}."""
         user_repr, item_repr = self.embed()
