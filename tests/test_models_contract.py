@@ -34,6 +34,18 @@ class TestFREEDOM(ContractTests):
     needs_modalities = True
 
 
+class TestBM3(ContractTests):
+    model = "bm3"
+    hyperparameters = {"embedding_dim": 16}
+    needs_modalities = True
+
+
+class TestDRAGON(ContractTests):
+    model = "dragon"
+    hyperparameters = {"embedding_dim": 16, "knn_k": 5, "user_graph_k": 5}
+    needs_modalities = True
+
+
 class TestREARM(ContractTests):
     model = "rearm"
     hyperparameters = {

@@ -13,6 +13,8 @@ from rearm.errors import ConfigError
 
 if TYPE_CHECKING:
     from rearm.models.base import Recommender
+    from rearm.models.bm3 import BM3
+    from rearm.models.dragon import DRAGON
     from rearm.models.freedom import FREEDOM
     from rearm.models.lightgcn import LightGCN
     from rearm.models.mf import MF
@@ -26,6 +28,8 @@ _REGISTRY = {
     "lightgcn": ("rearm.models.lightgcn", "LightGCN"),
     "vbpr": ("rearm.models.vbpr", "VBPR"),
     "freedom": ("rearm.models.freedom", "FREEDOM"),
+    "bm3": ("rearm.models.bm3", "BM3"),
+    "dragon": ("rearm.models.dragon", "DRAGON"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _CLASSES = {cls: module for module, cls in _REGISTRY.values()}
@@ -51,6 +55,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BM3",
+    "DRAGON",
     "FREEDOM",
     "MF",
     "MODELS",

@@ -84,6 +84,8 @@ _BASELINE_SYNTHETIC = {"training": {"learning_rate": 1e-2, "epochs": 25, "patien
 PRESETS: dict[str, dict[str, dict]] = {
     "rearm": _REARM,
     **{name: {"synthetic": _BASELINE_SYNTHETIC} for name in ("mf", "lightgcn", "vbpr", "freedom")},
+    "bm3": {"synthetic": _BASELINE_SYNTHETIC},
+    "dragon": {"synthetic": _BASELINE_SYNTHETIC},
 }
 SYNTHETIC_PRESET = "synthetic"
 
