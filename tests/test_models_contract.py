@@ -34,6 +34,18 @@ class TestFREEDOM(ContractTests):
     needs_modalities = True
 
 
+class TestMGCN(ContractTests):
+    model = "mgcn"
+    hyperparameters = {"embedding_dim": 16, "knn_k": 5}
+    needs_modalities = True
+
+
+class TestLGMRec(ContractTests):
+    model = "lgmrec"
+    hyperparameters = {"embedding_dim": 16}
+    needs_modalities = True
+
+
 class TestREARM(ContractTests):
     model = "rearm"
     hyperparameters = {

@@ -14,8 +14,10 @@ from rearm.errors import ConfigError
 if TYPE_CHECKING:
     from rearm.models.base import Recommender
     from rearm.models.freedom import FREEDOM
+    from rearm.models.lgmrec import LGMRec
     from rearm.models.lightgcn import LightGCN
     from rearm.models.mf import MF
+    from rearm.models.mgcn import MGCN
     from rearm.models.rearm import REARM
     from rearm.models.vbpr import VBPR
 
@@ -26,6 +28,8 @@ _REGISTRY = {
     "lightgcn": ("rearm.models.lightgcn", "LightGCN"),
     "vbpr": ("rearm.models.vbpr", "VBPR"),
     "freedom": ("rearm.models.freedom", "FREEDOM"),
+    "mgcn": ("rearm.models.mgcn", "MGCN"),
+    "lgmrec": ("rearm.models.lgmrec", "LGMRec"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _CLASSES = {cls: module for module, cls in _REGISTRY.values()}
@@ -53,10 +57,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "FREEDOM",
     "MF",
+    "MGCN",
     "MODELS",
     "MODEL_NAMES",
     "REARM",
     "VBPR",
+    "LGMRec",
     "LightGCN",
     "Recommender",
     "get_model",
