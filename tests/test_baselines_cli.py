@@ -12,7 +12,7 @@ from contract import planted_dataset
 from rearm.cli import main
 from rearm.data.synth import dataset_to_pairs
 
-BASELINES = ["mf", "lightgcn", "vbpr", "freedom"]
+BASELINES = ["mf", "lightgcn", "vbpr", "freedom", "mgcn", "lgmrec"]
 RUN_FILES = ["config.yaml", "protocol.json", "metrics.jsonl", "results.json", "checkpoint.pt"]
 
 

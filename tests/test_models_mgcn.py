@@ -13,6 +13,7 @@ from toy_dense import (
     layer_mean,
     normalised_adjacency,
     sigmoid,
+    synthetic_run_against_popularity,
     toy_dataset,
 )
 
@@ -151,3 +152,10 @@ def test_zero_weights_drop_terms_and_one_modality_works():
     torch.testing.assert_close(parts["multimodal"], view.detach() / 2)
     with pytest.raises(ConfigError, match="contrastive_temperature"):
         get_model("mgcn").validate_hyperparameters({"contrastive_temperature": 0})
+
+
+def test_beats_popularity_on_the_synthetic_default(tmp_path):
+    test, popularity = synthetic_run_against_popularity("mgcn", tmp_path / "run")
+    # observed with seed 2025: popularity 0.084, MGCN MEASURED (test Recall@20)
+    print(f"mgcn test Recall@20 {test['Recall@20']:.4f} vs popularity {popularity:.4f}")
+    assert test["Recall@20"] > popularity + 0.15

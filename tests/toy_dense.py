@@ -1,5 +1,6 @@
-"""Dense helpers for the model parity tests (tests/test_models_*.py): a toy data set and the
-textbook formulas written with dense NumPy arrays and loops, straight from the papers."""
+"""Helpers for the model tests (tests/test_models_*.py): a toy data set and the textbook formulas
+written with dense NumPy arrays and loops, straight from the papers; and a synthetic-default run
+against popularity."""
 
 from __future__ import annotations
 
@@ -104,3 +105,24 @@ def bpr_and_l2(
             np.sum(ego[u] ** 2) + np.sum(ego[num_users + i] ** 2) + np.sum(ego[num_users + j] ** 2)
         )
     return bpr / len(users), l2 / len(users)
+
+
+def synthetic_run_against_popularity(model: str, folder) -> tuple[dict, float]:
+    """Train `model` as `rearm train --model NAME` does without --data (the embedded synthetic
+    default, the model's "synthetic" preset, seed 2025); return (its test metrics, the test
+    Recall@20 of ranking unseen items by train popularity under the same mask)."""
+    from rearm.evaluation import rank_metrics
+    from rearm.evaluation.protocol import get_protocol
+    from rearm.experiments.config import resolve_config
+    from rearm.experiments.run import load_run_data, train_run
+    from rearm.training.trainer import Progress
+
+    dataset = load_run_data(None)
+    config = resolve_config(model=model)
+    assert config.preset == "synthetic"
+    results = train_run(config, folder, dataset=dataset, progress=Progress(enabled=False))
+    popularity = np.asarray(dataset.train.sum(0)).ravel().astype(np.float32)
+    scores = np.broadcast_to(popularity, (dataset.num_users, dataset.num_items))
+    protocol = get_protocol("standard")
+    popular = rank_metrics(scores, dataset.test, protocol.mask_matrix(dataset, "test"), ks=(20,))
+    return results["test"], popular["Recall@20"]

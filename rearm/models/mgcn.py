@@ -30,8 +30,10 @@ Settings and the source of each default: d = 64, `num_layers` (L, user-item view
 `item_graph_layers` 1, `knn_k` 10, `reg_weight` (lambda_E) 1e-4, `contrastive_weight`
 (lambda_C) 0.01, Adam lr 1e-3, batch 2048: the authors' published configuration
 (embedding_size 64, n_ui_layers 2, n_layers 1, knn_k 10, reg_weight 1e-4, cl_loss 0.01,
-learning_rate 1e-3). `contrastive_temperature` 0.2: the paper's tau. The authors' step decay of the
-learning rate (x0.96 every 50 epochs) is not reproduced (the trainer keeps lr constant).
+learning_rate 1e-3). `contrastive_temperature` 0.2: not among the published configuration values;
+0.2 is the value commonly used for this InfoNCE in the MMRec line of work (a tuning candidate).
+The authors' step decay of the learning rate (x0.96 every 50 epochs) is not reproduced (the
+trainer keeps lr constant).
 Feature tables are trainable (`train_feature_tables`), as FREEDOM's here.
 """
 
