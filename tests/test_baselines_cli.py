@@ -12,7 +12,7 @@ from contract import planted_dataset
 from rearm.cli import main
 from rearm.data.synth import dataset_to_pairs
 
-BASELINES = ["mf", "lightgcn", "vbpr", "freedom", "bm3", "dragon"]
+BASELINES = ["mf", "lightgcn", "vbpr", "freedom", "bm3", "dragon", "mgcn", "lgmrec"]
 RUN_FILES = ["config.yaml", "protocol.json", "metrics.jsonl", "results.json", "checkpoint.pt"]
 
 

@@ -40,6 +40,18 @@ class TestBM3(ContractTests):
     needs_modalities = True
 
 
+class TestMGCN(ContractTests):
+    model = "mgcn"
+    hyperparameters = {"embedding_dim": 16, "knn_k": 5}
+    needs_modalities = True
+
+
+class TestLGMRec(ContractTests):
+    model = "lgmrec"
+    hyperparameters = {"embedding_dim": 16}
+    needs_modalities = True
+
+
 class TestDRAGON(ContractTests):
     model = "dragon"
     hyperparameters = {"embedding_dim": 16, "knn_k": 5, "user_graph_k": 5}

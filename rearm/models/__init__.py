@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from rearm.models.bm3 import BM3
     from rearm.models.dragon import DRAGON
     from rearm.models.freedom import FREEDOM
+    from rearm.models.lgmrec import LGMRec
     from rearm.models.lightgcn import LightGCN
     from rearm.models.mf import MF
+    from rearm.models.mgcn import MGCN
     from rearm.models.rearm import REARM
     from rearm.models.vbpr import VBPR
 
@@ -30,6 +32,8 @@ _REGISTRY = {
     "freedom": ("rearm.models.freedom", "FREEDOM"),
     "bm3": ("rearm.models.bm3", "BM3"),
     "dragon": ("rearm.models.dragon", "DRAGON"),
+    "mgcn": ("rearm.models.mgcn", "MGCN"),
+    "lgmrec": ("rearm.models.lgmrec", "LGMRec"),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _CLASSES = {cls: module for module, cls in _REGISTRY.values()}
@@ -59,10 +63,12 @@ __all__ = [
     "DRAGON",
     "FREEDOM",
     "MF",
+    "MGCN",
     "MODELS",
     "MODEL_NAMES",
     "REARM",
     "VBPR",
+    "LGMRec",
     "LightGCN",
     "Recommender",
     "get_model",

@@ -268,7 +268,7 @@ def frozen_item_graph(
     graphs = {}
     for name in weights:
         if progress is not None:
-            progress(f"freedom item kNN graph: {name}")
+            progress(f"binarised item kNN graph (k={knn_k}): {name}")
         if graph_cache is None:
             matrix = build(name)
         else:

@@ -208,11 +208,21 @@ def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
     return F.softplus(negative - positive).mean()
 
 
-def info_nce(anchor: Tensor, candidate: Tensor, temperature: float) -> Tensor:
+def info_nce(
+    anchor: Tensor, candidate: Tensor, temperature: float, positives: Tensor | None = None
+) -> Tensor:
     """InfoNCE between two views of the same nodes: rows are L2-normalised; the positive of row n
-    is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d]."""
+    is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d].
+
+    With `positives` (LongTensor [n]) every row of `candidate` ([N, d], e.g. a whole embedding
+    table) is a candidate and the positive of anchor row n is candidate row positives[n].
+    Returns the mean over anchor rows."""
     logits = F.normalize(anchor, dim=1) @ F.normalize(candidate, dim=1).T / temperature
-    return -torch.diagonal(torch.log_softmax(logits, dim=1)).mean()
+    log_probabilities = torch.log_softmax(logits, dim=1)
+    if positives is None:
+        return -torch.diagonal(log_probabilities).mean()
+    rows = torch.arange(anchor.shape[0], device=anchor.device)
+    return -log_probabilities[rows, positives].mean()
 
 
 def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
@@ -234,6 +244,8 @@ class _TableProjection(torch.autograd.Function):
     def forward(ctx, table, weight, bias, owner):
         ctx.save_for_backward(table, weight)
         ctx.owner = owner
+        if bias is None:
+            return table @ weight.t()
         return torch.addmm(bias, table, weight.t())
 
     @staticmethod
@@ -252,13 +264,14 @@ class _TableProjection(torch.autograd.Function):
 
 
 class TableProjection(nn.Module):
-    """Linear(in_dim -> out_dim), Xavier-normal weight, zero bias, applied to a whole trainable
-    feature table (REARM's W_m X_m); same values and gradients as nn.Linear, cheaper backward."""
+    """Linear(in_dim -> out_dim), Xavier-normal weight, zero bias (or none with bias=False),
+    applied to a whole trainable feature table (REARM's W_m X_m); same values and gradients as
+    nn.Linear, cheaper backward."""
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
         nn.init.xavier_normal_(self.weight)
         self._buffer: Tensor | None = None
 
