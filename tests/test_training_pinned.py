@@ -26,11 +26,24 @@ RECORD = Path(__file__).parent / "pinned" / "rearm_fit.json"
 EPOCHS = 3
 
 
+# Two attention parameters have a gradient that is zero up to rounding, which AdamW turns into
+# steps of +-learning_rate in a direction set by the rounding (the same code run twice can
+# disagree): the key bias shifts all scores of a query token alike (the softmax ignores it), and
+# the output bias shifts all coordinates alike (the LayerNorm after every attention removes it).
+# They are left out; everything else is compared.
+UNPINNED = {"in_proj_bias": [1], "bias": [0]}
+
+
 def parameter_summary(model: torch.nn.Module) -> dict[str, list[float]]:
-    """{name: [sum, sum of squares, inner product with a fixed random vector]} (float64)."""
+    """{name: its values} for small parameters, {name: [sum, sum of squares, inner product with
+    a fixed random vector]} for the others (float64)."""
     out = {}
     for name, parameter in model.named_parameters():
         values = parameter.detach().double().reshape(-1)
+        skipped = UNPINNED.get(name.rsplit(".", 1)[-1], []) if "attention." in name else []
+        if values.numel() <= 16:
+            out[name] = [float(v) for i, v in enumerate(values) if i not in skipped]
+            continue
         probe = torch.randn(
             values.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64
         )
@@ -96,7 +109,7 @@ def assert_matches_record(result: dict, record: dict, rtol: float = 2e-4) -> Non
             )
         assert set(got["parameters"]) == set(want["parameters"])
         for name, values in want["parameters"].items():
-            scale = max(abs(v) for v in values) + 1e-3
+            scale = max((abs(v) for v in values), default=0.0) + 1e-3
             assert np.allclose(got["parameters"][name], values, rtol=rtol, atol=rtol * scale), (
                 f"epoch {epoch} parameter {name}: {got['parameters'][name]} != {values}"
             )

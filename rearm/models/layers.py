@@ -189,18 +189,27 @@ class MetaNetwork(nn.Module):
         self.second = LowRankMLP(dim, rank)
         self.detach_knowledge = detach_knowledge
 
-    def forward(self, modal: Tensor, ids: Tensor) -> Tensor:
-        """modal: [n, M d] fused modality views; ids: [n, d] -> s: [n, d]."""
+    def logits(self, modal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """modal: [n, M d] -> (W1 [n, d r], mean_n W1 [d r], W2 [n, r d], mean_n W2 [r d]); the
+        means run over all n nodes, so they are taken before any row is selected."""
         knowledge = self.knowledge(modal)
         if self.detach_knowledge:
             # [quirk] the reference detaches the knowledge vector, so `self.knowledge` never trains
             knowledge = knowledge.detach()
-        w1 = self.first(knowledge).view(-1, self.dim, self.rank)
-        w2 = self.second(knowledge).view(-1, self.rank, self.dim)
-        l1 = torch.softmax(w1 + w1.mean(0, keepdim=True), dim=1)
-        l2 = torch.softmax(w2 + w2.mean(0, keepdim=True), dim=1)
+        w1 = self.first(knowledge)
+        w2 = self.second(knowledge)
+        return w1, w1.mean(0), w2, w2.mean(0)
+
+    def transform(self, ids: Tensor, w1: Tensor, w1_mean: Tensor, w2: Tensor, w2_mean: Tensor):
+        """s = E L1 L2 for the rows of ids [n, d] and their W1 / W2 rows (`logits`) -> [n, d]."""
+        l1 = torch.softmax((w1 + w1_mean).view(-1, self.dim, self.rank), dim=1)
+        l2 = torch.softmax((w2 + w2_mean).view(-1, self.rank, self.dim), dim=1)
         low = torch.bmm(ids.unsqueeze(1), l1)  # [n, 1, r]
         return torch.bmm(low, l2).squeeze(1)
+
+    def forward(self, modal: Tensor, ids: Tensor) -> Tensor:
+        """modal: [n, M d] fused modality views; ids: [n, d] -> s: [n, d]."""
+        return self.transform(ids, *self.logits(modal))
 
 
 def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
@@ -208,11 +217,37 @@ def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
     return F.softplus(negative - positive).mean()
 
 
-def info_nce(anchor: Tensor, candidate: Tensor, temperature: float) -> Tensor:
+def info_nce(
+    anchor: Tensor, candidate: Tensor, temperature: float, keep: Tensor | None = None
+) -> Tensor:
     """InfoNCE between two views of the same nodes: rows are L2-normalised; the positive of row n
-    is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d]."""
-    logits = F.normalize(anchor, dim=1) @ F.normalize(candidate, dim=1).T / temperature
-    return -torch.diagonal(torch.log_softmax(logits, dim=1)).mean()
+    is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d].
+
+    keep: optional bool [n]; only the kept rows take part (as anchors and as negatives), exactly
+    as if the others were removed first, but with shapes that do not depend on the data (what a
+    CUDA graph needs; REARM keeps the first occurrence of each node of a batch).
+    """
+    # -log softmax(logits)[n, n] = logsumexp(logits[n]) - logits[n, n], with 1/temperature
+    # folded into the [n, d] anchor instead of the [n, n] logits
+    anchor = F.normalize(anchor, dim=1) / temperature
+    candidate = F.normalize(candidate, dim=1)
+    logits = anchor @ candidate.T
+    positive = (anchor * candidate).sum(1)
+    if keep is None:
+        return (torch.logsumexp(logits, dim=1) - positive).mean()
+    logits = logits.masked_fill(~keep.unsqueeze(0), float("-inf"))
+    per_row = torch.where(keep, torch.logsumexp(logits, dim=1) - positive, 0.0)
+    return per_row.sum() / keep.sum()
+
+
+def first_occurrence(ids: Tensor) -> Tensor:
+    """bool [n]: True at the first position of each distinct value of ids [n] (fixed shapes, no
+    host synchronisation)."""
+    order = torch.argsort(ids, stable=True)
+    ordered = ids[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(first).scatter_(0, order, first)
 
 
 def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
@@ -297,6 +332,7 @@ __all__ = [
     "ScalarTokenAttention",
     "TableProjection",
     "bpr_loss",
+    "first_occurrence",
     "info_nce",
     "normal_embedding",
     "orthogonal_loss",
