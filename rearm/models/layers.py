@@ -21,7 +21,7 @@ class _GraphProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return torch.sparse.mm(ctx.transpose, grad), None, None
+        return torch.sparse.mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
 
 
 def sparse_transpose(graph: Tensor) -> Tensor:
@@ -53,14 +53,18 @@ def propagate(
         raise ValueError(f"combine must be 'mean' or 'last', got {combine!r}")
     if num_layers == 0:
         return x
+    # graph products run in the graph's precision, autocast or not (sparse kernels have no
+    # bfloat16 version)
+    x = x.to(graph.dtype)
     total = x if combine == "mean" else None
-    for _ in range(num_layers):
-        if transpose is not None and x.requires_grad:
-            x = _GraphProduct.apply(x, graph, transpose)
-        else:
-            x = torch.sparse.mm(graph, x)
-        if total is not None:
-            total = total + x
+    with torch.autocast(x.device.type, enabled=False):
+        for _ in range(num_layers):
+            if transpose is not None and x.requires_grad:
+                x = _GraphProduct.apply(x, graph, transpose)
+            else:
+                x = torch.sparse.mm(graph, x)
+            if total is not None:
+                total = total + x
     return total / (num_layers + 1) if total is not None else x
 
 
@@ -263,26 +267,38 @@ def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
 class _TableProjection(torch.autograd.Function):
     """table @ weight^T + bias whose backward writes the table's gradient straight into a
     persistent buffer (becoming `table.grad`) instead of a fresh [rows, dim] tensor: for the
-    4096-d feature tables that is hundreds of MB of new pages per step otherwise."""
+    4096-d feature tables that is hundreds of MB of new pages per step otherwise. Under autocast
+    the three products run in the autocast dtype; gradients come back in float32."""
 
     @staticmethod
     def forward(ctx, table, weight, bias, owner):
-        ctx.save_for_backward(table, weight)
+        kind = table.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else table.dtype
+        with torch.autocast(kind, enabled=False):
+            low_table, low_weight = table.to(dtype), weight.to(dtype)
+            out = torch.addmm(bias.to(dtype), low_table, low_weight.t())
+        ctx.save_for_backward(table, low_table, low_weight)
         ctx.owner = owner
-        return torch.addmm(bias, table, weight.t())
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        table, weight = ctx.saved_tensors
-        grad_weight = grad.t() @ table if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        table, low_table, low_weight = ctx.saved_tensors
+        grad = grad.to(low_table.dtype)
+        grad_weight = (grad.t() @ low_table).float() if ctx.needs_input_grad[1] else None
+        grad_bias = grad.float().sum(0) if ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[0]:
             if table.grad is None:
                 buffer = ctx.owner.table_grad_buffer(table)
-                torch.mm(grad, weight, out=buffer)
+                if low_weight.dtype == buffer.dtype:
+                    torch.mm(grad, low_weight, out=buffer)
+                else:
+                    buffer.copy_(grad @ low_weight)
                 table.grad = buffer
-            else:  # accumulate like autograd would
-                table.grad.addmm_(grad, weight)
+            elif grad.dtype == table.dtype:  # accumulate like autograd would
+                table.grad.addmm_(grad, low_weight)
+            else:
+                table.grad.add_(grad @ low_weight)
         return None, grad_weight, grad_bias, None
 
 
