@@ -79,8 +79,9 @@ def make_step(model, config):
     return step, step.mean_terms, lambda: step.graph is not None
 
 
-def time_epoch(model, dataset, config, steps: int | None, epochs: int = 1) -> dict:
-    """Seconds of one training epoch (median over `epochs`; the first epoch also warms up)."""
+def time_epoch(model, dataset, config, steps: int | None, epochs: int = 1, warmup: int = 5) -> dict:
+    """Seconds of one training epoch (median over `epochs`), after `warmup` untimed steps (JIT
+    kernels, first touch of buffers, CUDA graph capture)."""
     from rearm.data.sampling import NegativeSampler, epoch_triples
     from rearm.evaluation.protocol import get_protocol
 
@@ -93,6 +94,12 @@ def time_epoch(model, dataset, config, steps: int | None, epochs: int = 1) -> di
     total = steps_per_epoch(dataset, batch_size)
     run = total if steps is None else min(steps, total)
     model.train()
+    users, pos, neg = (
+        torch.from_numpy(a).to(device) for a in epoch_triples(dataset.train, sampler, rng)
+    )
+    for batch in range(min(warmup, total)):
+        part = slice(batch * batch_size, (batch + 1) * batch_size)
+        step(users[part], pos[part], neg[part])
     times, losses = [], {}
     for _ in range(epochs):
         _sync(device)
@@ -171,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--steps", type=int, help="time only the first N steps, scaled to an epoch")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs (median)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="profile K steps")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    parser.add_argument("--ready", help="(concurrent runs) create this file once built ...")
+    parser.add_argument("--go", help="... then wait for this file before timing")
     args = parser.parse_args(argv)
     if args.threads is not None:
         from rearm.training.threads import set_threads
@@ -193,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         floor = measure_floor(model, total_steps, args.repeats)
         report["floor_epoch_s"] = floor["floor_epoch_s"]
         report["floor_components_s"] = floor["components"]
-    timed = time_epoch(model, dataset, config, args.steps, args.epochs)
+    if args.ready:
+        open(args.ready, "w").close()
+    while args.go and not os.path.exists(args.go):
+        time.sleep(0.05)
+    timed = time_epoch(model, dataset, config, args.steps, args.epochs, args.warmup)
     step = timed.pop("step_fn")
     report.update(timed)
     if args.steps is not None and args.steps < total_steps:

@@ -385,7 +385,8 @@ def fit(
         progress.line(f"interrupted in epoch {epoch}; keeping the best epoch ({best_epoch})")
     if step.graph_error is not None:
         progress.line(f"CUDA graph capture failed, trained eagerly ({step.graph_error})")
-    model.static_shapes = False
+    if step.use_graph:
+        model.static_shapes = False
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
