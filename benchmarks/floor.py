@@ -70,16 +70,19 @@ def measure_floor(model, steps_per_epoch: int, repeats: int = 5) -> dict:
     with torch.no_grad():
         weights = [p.weight.detach() for _, p in tables]
         biases = [p.bias.detach() for _, p in tables]
-        datas = [t.detach() for t, _ in tables]
-        grads = [torch.randn(t.shape[0], w.shape[0], device=device) for t, w in zip(datas, weights)]
-        buffers = [torch.empty_like(t) for t in datas]
+        table_values = [t.detach() for t, _ in tables]
+        grads = [
+            torch.randn(t.shape[0], w.shape[0], device=device)
+            for t, w in zip(table_values, weights)
+        ]
+        buffers = [torch.empty_like(t) for t in table_values]
         per_step["table_forward"] = _median_seconds(
-            lambda: [torch.addmm(b, x, w.t()) for x, w, b in zip(datas, weights, biases)],
+            lambda: [torch.addmm(b, x, w.t()) for x, w, b in zip(table_values, weights, biases)],
             repeats,
             device,
         )
         per_step["projection_gradient"] = _median_seconds(
-            lambda: [g.t() @ x for g, x in zip(grads, datas)], repeats, device
+            lambda: [g.t() @ x for g, x in zip(grads, table_values)], repeats, device
         )
         per_step["table_gradient"] = _median_seconds(
             lambda: [torch.mm(g, w, out=out) for g, w, out in zip(grads, weights, buffers)],
