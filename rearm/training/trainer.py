@@ -75,7 +75,9 @@ def autocast_context(device: torch.device, precision: str):
         raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    # no weight-cast cache: it must not outlive a CUDA graph capture (and every weight is used
+    # about once per step anyway)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 class TrainStep:
