@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="negative sampling and masking rules (default standard; see protocol.json)",
     )
     train.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch, numba and BLAS (default: all cores); for several runs "
+        "side by side",
+    )
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--force", action="store_true", help="replace an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -63,8 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rearm.experiments.run import train_run
+    from rearm.training.threads import set_threads
     from rearm.training.trainer import Progress
 
+    if args.threads is not None:
+        set_threads(args.threads)
     config = config_from_args(
         args,
         model=args.model,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from rearm.errors import ConfigError
 from rearm.models import get_model
-from rearm.models.base import check_type
+from rearm.models.base import Range, check_type
 from rearm.models.presets import get_preset
 
 TRAINING_TYPES: dict[str, Any] = {
@@ -26,6 +26,12 @@ TRAINING_TYPES: dict[str, Any] = {
     "learning_rate": float,
     "weight_decay": float,
     "eval_batch_size": int,
+    # validate every N epochs (and after the last); patience counts validations
+    "eval_every": Annotated[int, Range(ge=1)],
+    # bf16: bfloat16 autocast (changes the numbers; meant for GPUs that support it)
+    "precision": Literal["fp32", "bf16"],
+    # capture the training step in a CUDA graph on a GPU (same numbers; false: eager steps)
+    "cuda_graph": bool,
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 2000,
@@ -34,6 +40,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "weight_decay": 0.0,
     "eval_batch_size": 1024,
+    "eval_every": 1,
+    "precision": "fp32",
+    "cuda_graph": True,
 }
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "model": str,

@@ -156,6 +156,9 @@ def train_run(
         weight_decay=training["weight_decay"],
         seed=config.seed,
         eval_batch_size=training["eval_batch_size"],
+        eval_every=training["eval_every"],
+        precision=training["precision"],
+        cuda_graph=training["cuda_graph"],
         on_epoch_end=on_epoch_end,
         on_improve=on_improve,
         progress=progress,
@@ -195,13 +198,16 @@ def train_run(
         "timing": {
             "graphs_s": round(graphs_s, 3),
             "train_epoch_s": round(statistics.median(r.train_s for r in result.history), 3),
-            "eval_s": round(statistics.median(r.eval_s for r in result.history), 3),
+            "eval_s": round(
+                statistics.median([r.eval_s for r in result.history if r.valid] or [0.0]), 3
+            ),
             "total_s": round(time.perf_counter() - started, 3),
         },
         "trainable_parameters": trainable,
         "notes": model.notes()
         + ([f"protocol {protocol.name}: {protocol.quirk}"] if protocol.quirk else []),
         "device": str(device),
+        "cuda_graph": result.cuda_graph,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     write_json(out / "results.json", results)

@@ -42,6 +42,10 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     # training keys this model defaults to (e.g. its paper's learning rate); presets override
     training_defaults: ClassVar[dict[str, Any]] = {}
+    # True when loss() can run with fixed shapes and without host synchronisation once
+    # `static_shapes` is set (the trainer then captures the training step in a CUDA graph)
+    capturable: ClassVar[bool] = False
+    static_shapes: bool = False
 
     def embed(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -21,7 +21,7 @@ class _GraphProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return torch.sparse.mm(ctx.transpose, grad), None, None
+        return torch.sparse.mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
 
 
 def sparse_transpose(graph: Tensor) -> Tensor:
@@ -53,14 +53,18 @@ def propagate(
         raise ValueError(f"combine must be 'mean' or 'last', got {combine!r}")
     if num_layers == 0:
         return x
+    # graph products run in the graph's precision, autocast or not (sparse kernels have no
+    # bfloat16 version)
+    x = x.to(graph.dtype)
     total = x if combine == "mean" else None
-    for _ in range(num_layers):
-        if transpose is not None and x.requires_grad:
-            x = _GraphProduct.apply(x, graph, transpose)
-        else:
-            x = torch.sparse.mm(graph, x)
-        if total is not None:
-            total = total + x
+    with torch.autocast(x.device.type, enabled=False):
+        for _ in range(num_layers):
+            if transpose is not None and x.requires_grad:
+                x = _GraphProduct.apply(x, graph, transpose)
+            else:
+                x = torch.sparse.mm(graph, x)
+            if total is not None:
+                total = total + x
     return total / (num_layers + 1) if total is not None else x
 
 
@@ -189,18 +193,27 @@ class MetaNetwork(nn.Module):
         self.second = LowRankMLP(dim, rank)
         self.detach_knowledge = detach_knowledge
 
-    def forward(self, modal: Tensor, ids: Tensor) -> Tensor:
-        """modal: [n, M d] fused modality views; ids: [n, d] -> s: [n, d]."""
+    def logits(self, modal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """modal: [n, M d] -> (W1 [n, d r], mean_n W1 [d r], W2 [n, r d], mean_n W2 [r d]); the
+        means run over all n nodes, so they are taken before any row is selected."""
         knowledge = self.knowledge(modal)
         if self.detach_knowledge:
             # [quirk] the reference detaches the knowledge vector, so `self.knowledge` never trains
             knowledge = knowledge.detach()
-        w1 = self.first(knowledge).view(-1, self.dim, self.rank)
-        w2 = self.second(knowledge).view(-1, self.rank, self.dim)
-        l1 = torch.softmax(w1 + w1.mean(0, keepdim=True), dim=1)
-        l2 = torch.softmax(w2 + w2.mean(0, keepdim=True), dim=1)
+        w1 = self.first(knowledge)
+        w2 = self.second(knowledge)
+        return w1, w1.mean(0), w2, w2.mean(0)
+
+    def transform(self, ids: Tensor, w1: Tensor, w1_mean: Tensor, w2: Tensor, w2_mean: Tensor):
+        """s = E L1 L2 for the rows of ids [n, d] and their W1 / W2 rows (`logits`) -> [n, d]."""
+        l1 = torch.softmax((w1 + w1_mean).view(-1, self.dim, self.rank), dim=1)
+        l2 = torch.softmax((w2 + w2_mean).view(-1, self.rank, self.dim), dim=1)
         low = torch.bmm(ids.unsqueeze(1), l1)  # [n, 1, r]
         return torch.bmm(low, l2).squeeze(1)
+
+    def forward(self, modal: Tensor, ids: Tensor) -> Tensor:
+        """modal: [n, M d] fused modality views; ids: [n, d] -> s: [n, d]."""
+        return self.transform(ids, *self.logits(modal))
 
 
 def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
@@ -209,20 +222,48 @@ def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
 
 
 def info_nce(
-    anchor: Tensor, candidate: Tensor, temperature: float, positives: Tensor | None = None
+    anchor: Tensor,
+    candidate: Tensor,
+    temperature: float,
+    keep: Tensor | None = None,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE between two views of the same nodes: rows are L2-normalised; the positive of row n
     is row n of `candidate`, its negatives the other rows. anchor, candidate: [n, d].
 
-    With `positives` (LongTensor [n]) every row of `candidate` ([N, d], e.g. a whole embedding
-    table) is a candidate and the positive of anchor row n is candidate row positives[n].
-    Returns the mean over anchor rows."""
-    logits = F.normalize(anchor, dim=1) @ F.normalize(candidate, dim=1).T / temperature
-    log_probabilities = torch.log_softmax(logits, dim=1)
-    if positives is None:
-        return -torch.diagonal(log_probabilities).mean()
-    rows = torch.arange(anchor.shape[0], device=anchor.device)
-    return -log_probabilities[rows, positives].mean()
+    keep: optional bool [n]; only the kept rows take part (as anchors and as negatives), exactly
+    as if the others were removed first, but with shapes that do not depend on the data (what a
+    CUDA graph needs; REARM keeps the first occurrence of each node of a batch).
+    positives: optional LongTensor [n]; then every row of `candidate` ([N, d], e.g. a whole
+    embedding table) is a candidate and the positive of anchor row n is candidate row
+    positives[n]. Returns the mean over the (kept) anchor rows.
+    """
+    # -log softmax(logits)[n, p] = logsumexp(logits[n]) - logits[n, p], with 1/temperature
+    # folded into the [n, d] anchor instead of the [n, N] logits
+    anchor = F.normalize(anchor, dim=1) / temperature
+    candidate = F.normalize(candidate, dim=1)
+    logits = anchor @ candidate.T
+    if positives is not None:
+        if keep is not None:
+            raise ValueError("info_nce: give keep or positives, not both")
+        positive = (anchor * candidate[positives]).sum(1)
+        return (torch.logsumexp(logits, dim=1) - positive).mean()
+    positive = (anchor * candidate).sum(1)
+    if keep is None:
+        return (torch.logsumexp(logits, dim=1) - positive).mean()
+    logits = logits.masked_fill(~keep.unsqueeze(0), float("-inf"))
+    per_row = torch.where(keep, torch.logsumexp(logits, dim=1) - positive, 0.0)
+    return per_row.sum() / keep.sum()
+
+
+def first_occurrence(ids: Tensor) -> Tensor:
+    """bool [n]: True at the first position of each distinct value of ids [n] (fixed shapes, no
+    host synchronisation)."""
+    order = torch.argsort(ids, stable=True)
+    ordered = ids[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(first).scatter_(0, order, first)
 
 
 def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
@@ -238,28 +279,41 @@ def orthogonal_loss(first: Tensor, second: Tensor) -> Tensor:
 class _TableProjection(torch.autograd.Function):
     """table @ weight^T + bias whose backward writes the table's gradient straight into a
     persistent buffer (becoming `table.grad`) instead of a fresh [rows, dim] tensor: for the
-    4096-d feature tables that is hundreds of MB of new pages per step otherwise."""
+    4096-d feature tables that is hundreds of MB of new pages per step otherwise. Under autocast
+    the three products run in the autocast dtype; gradients come back in float32."""
 
     @staticmethod
     def forward(ctx, table, weight, bias, owner):
-        ctx.save_for_backward(table, weight)
+        kind = table.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else table.dtype
+        with torch.autocast(kind, enabled=False):
+            low_table, low_weight = table.to(dtype), weight.to(dtype)
+            if bias is None:
+                out = low_table @ low_weight.t()
+            else:
+                out = torch.addmm(bias.to(dtype), low_table, low_weight.t())
+        ctx.save_for_backward(table, low_table, low_weight)
         ctx.owner = owner
-        if bias is None:
-            return table @ weight.t()
-        return torch.addmm(bias, table, weight.t())
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        table, weight = ctx.saved_tensors
-        grad_weight = grad.t() @ table if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        table, low_table, low_weight = ctx.saved_tensors
+        grad = grad.to(low_table.dtype)
+        grad_weight = (grad.t() @ low_table).float() if ctx.needs_input_grad[1] else None
+        grad_bias = grad.float().sum(0) if ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[0]:
             if table.grad is None:
                 buffer = ctx.owner.table_grad_buffer(table)
-                torch.mm(grad, weight, out=buffer)
+                if low_weight.dtype == buffer.dtype:
+                    torch.mm(grad, low_weight, out=buffer)
+                else:
+                    buffer.copy_(grad @ low_weight)
                 table.grad = buffer
-            else:  # accumulate like autograd would
-                table.grad.addmm_(grad, weight)
+            elif grad.dtype == table.dtype:  # accumulate like autograd would
+                table.grad.addmm_(grad, low_weight)
+            else:
+                table.grad.add_(grad @ low_weight)
         return None, grad_weight, grad_bias, None
 
 
@@ -310,6 +364,7 @@ __all__ = [
     "ScalarTokenAttention",
     "TableProjection",
     "bpr_loss",
+    "first_occurrence",
     "info_nce",
     "normal_embedding",
     "orthogonal_loss",

@@ -27,12 +27,26 @@ from rearm.models.layers import (
     ModalityAttention,
     TableProjection,
     bpr_loss,
+    first_occurrence,
     info_nce,
     normal_embedding,
     orthogonal_loss,
     propagate,
     sparse_transpose,
 )
+
+
+def _first_positions(nodes: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct value of nodes [n], in increasing
+    order of the value (the order of torch.unique)."""
+    distinct, inverse = torch.unique(nodes, return_inverse=True)
+    positions = torch.arange(len(nodes), device=nodes.device)
+    first = torch.full((len(distinct),), len(nodes), device=nodes.device)
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin")
+
+
+def _rows(x: Tensor, where: Tensor | None) -> Tensor:
+    return x if where is None else x[where]
 
 
 class REARM(Recommender):
@@ -52,6 +66,7 @@ class REARM(Recommender):
     """
 
     name = "rearm"
+    capturable = True
     # reference defaults: AdamW lr 5e-5, reg_weight (weight decay) of the baby setting
     training_defaults = {"learning_rate": 5e-5, "weight_decay": 5e-4}
 
@@ -157,13 +172,14 @@ class REARM(Recommender):
         parts = z.split(self.dim, dim=1)
         return parts[0], list(parts[1:])
 
-    def forward_all(self) -> tuple[Tensor, Tensor, Tensor]:
-        """One full forward over all nodes.
+    def propagated(self) -> tuple[Tensor, Tensor]:
+        """Homographs, item attention and the bipartite LightGCN over all nodes.
 
         Returns:
-            h: [(U+I), (M+1) d] final representations (M d without the meta block);
-            modal: [(U+I), M d] LightGCN-propagated modality views F;
-            ids: [(U+I), d] LightGCN-propagated ID embeddings E.
+            stacked: [(U+I), (M+1) d]: the propagated modality views F (first M d columns) and
+                the propagated ID embeddings E (last d columns), users first;
+            meta: for users and for items, MetaNetwork.logits of their rows of F (None without
+                the meta block).
         """
         item_ids, item_views = self._homography(
             self.item_id.weight,
@@ -184,13 +200,8 @@ class REARM(Recommender):
         item_views = self.attention(item_views)
         user_views = [self.activation(view) for view in user_views]
         # modality views and ID embeddings share the graph: propagate them in one product
-        stacked = torch.cat(
-            [
-                torch.cat(user_views + [user_ids], dim=1),
-                torch.cat(item_views + [item_ids], dim=1),
-            ],
-            dim=0,
-        )
+        stacked = torch.cat(user_views + [user_ids], dim=1)
+        stacked = torch.cat([stacked, torch.cat(item_views + [item_ids], dim=1)], dim=0)
         stacked = propagate(
             self.bipartite,
             stacked,
@@ -198,20 +209,52 @@ class REARM(Recommender):
             combine="mean",
             transpose=self.bipartite_transpose,
         )
-        fused = len(self.modalities) * self.dim
-        modal, ids = stacked[:, :fused], stacked[:, fused:]
-        blocks = [self.activation(view) + ids for view in modal.split(self.dim, dim=1)]
+        meta = None
         if self.use_meta:
+            fused = len(self.modalities) * self.dim
             users = self.num_users
-            shared = torch.cat(
-                [
-                    self.user_meta(modal[:users], ids[:users]),
-                    self.item_meta(modal[users:], ids[users:]),
-                ],
-                dim=0,
+            meta = (
+                self.user_meta.logits(stacked[:users, :fused]),
+                self.item_meta.logits(stacked[users:, :fused]),
             )
+        return stacked, meta
+
+    def represent(self, rows: Tensor, meta, network, index: Tensor | None = None) -> Tensor:
+        """h for some nodes of one side: rows [n, (M+1) d] of `stacked` (propagated), meta the
+        side's MetaNetwork.logits over all its nodes, index [n] the rows' node indices within
+        the side (None: all nodes, in order) -> [n, (M+1) d] ([n, M d] without the meta block).
+        """
+        fused = len(self.modalities) * self.dim
+        ids = rows[:, fused:]
+        blocks = [self.activation(view) + ids for view in rows[:, :fused].split(self.dim, dim=1)]
+        if meta is not None:
+            w1, w1_mean, w2, w2_mean = meta
+            if index is not None:
+                w1, w2 = w1[index], w2[index]
+            shared = network.transform(ids, w1, w1_mean, w2, w2_mean)
             blocks.append(self.activation(shared) + ids)
-        return torch.cat(blocks, dim=1), modal, ids
+        return torch.cat(blocks, dim=1)
+
+    def forward_all(self) -> tuple[Tensor, Tensor, Tensor]:
+        """One full forward over all nodes.
+
+        Returns:
+            h: [(U+I), (M+1) d] final representations (M d without the meta block);
+            modal: [(U+I), M d] LightGCN-propagated modality views F;
+            ids: [(U+I), d] LightGCN-propagated ID embeddings E.
+        """
+        stacked, meta = self.propagated()
+        users = self.num_users
+        user_meta, item_meta = meta if meta is not None else (None, None)
+        h = torch.cat(
+            [
+                self.represent(stacked[:users], user_meta, getattr(self, "user_meta", None)),
+                self.represent(stacked[users:], item_meta, getattr(self, "item_meta", None)),
+            ],
+            dim=0,
+        )
+        fused = len(self.modalities) * self.dim
+        return h, stacked[:, :fused], stacked[:, fused:]
 
     def embedding_blocks(self) -> list[tuple[str, int]]:
         """h = [one block per modality (data set order) | meta block (absent under no_meta)],
@@ -241,30 +284,44 @@ class REARM(Recommender):
         return h[: self.num_users], h[self.num_users :]
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
-        h, modal, _ = self.forward_all()
-        user_h = h[users]
-        offset = self.num_users
-        positive = (user_h * h[offset + pos_items]).sum(1)
-        negative = (user_h * h[offset + neg_items]).sum(1)
+        stacked, meta = self.propagated()
+        batch = len(users)
+        # h is needed only at the batch's rows: gather them once (one scatter in backward),
+        # then finish the representations for those rows alone
+        items = torch.cat([pos_items, neg_items])
+        rows = stacked[torch.cat([users, self.num_users + items])]
+        user_meta, item_meta = meta if meta is not None else (None, None)
+        user_h = self.represent(rows[:batch], user_meta, getattr(self, "user_meta", None), users)
+        item_h = self.represent(rows[batch:], item_meta, getattr(self, "item_meta", None), items)
+        positive = (user_h * item_h[:batch]).sum(1)
+        negative = (user_h * item_h[batch:]).sum(1)
         terms = {"bpr": bpr_loss(positive, negative)}
         pairs = list(itertools.combinations(range(len(self.modalities)), 2))
         if not pairs:
             return terms
-        views = modal.split(self.dim, dim=1)
+        views = rows[:, : len(self.modalities) * self.dim].split(self.dim, dim=1)
         if self.contrastive_weight > 0:
-            unique_users = torch.unique(users)
-            unique_items = offset + torch.unique(torch.cat([pos_items, neg_items]))
+            # over the distinct users and the distinct items (positives and negatives) of the batch
+            parts = ((slice(0, batch), users), (slice(batch, 3 * batch), items))
+            if self.static_shapes:
+                selected = [(part, None, first_occurrence(nodes)) for part, nodes in parts]
+            else:
+                selected = [(part, _first_positions(nodes), None) for part, nodes in parts]
             contrastive = sum(
-                info_nce(views[a][nodes], views[b][nodes], self.contrastive_temperature)
-                for nodes in (unique_users, unique_items)
+                info_nce(
+                    _rows(views[a][part], where),
+                    _rows(views[b][part], where),
+                    self.contrastive_temperature,
+                    keep,
+                )
+                for part, where, keep in selected
                 for a, b in pairs
             ) / len(pairs)
             terms["contrastive"] = self.contrastive_weight * contrastive
         if self.orthogonal_weight > 0:
-            item_nodes = offset + pos_items
             orthogonal = sum(
-                orthogonal_loss(views[a][nodes], views[b][nodes])
-                for nodes in (users, item_nodes)
+                orthogonal_loss(views[a][part], views[b][part])
+                for part in (slice(0, batch), slice(batch, 2 * batch))
                 for a, b in pairs
             ) / len(pairs)
             terms["orthogonal"] = self.orthogonal_weight * orthogonal

@@ -5,6 +5,7 @@ about REARM: models follow the contract in rearm.models.base; per-epoch model wo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from rearm.data.dataset import Dataset
 from rearm.data.sampling import NegativeSampler, epoch_triples
@@ -43,17 +45,147 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_optimizer(
-    parameters: list[torch.nn.Parameter], learning_rate: float, weight_decay: float
+    parameters: list[torch.nn.Parameter],
+    learning_rate: float,
+    weight_decay: float,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW; the fused implementation (same update rule, one kernel for all tensors) where the
-    parameters allow it: >10x faster than the per-tensor loop on REARM's large feature tables."""
+    parameters allow it: >10x faster than the per-tensor loop on REARM's large feature tables.
+    capturable: keep the step count on the device, so that the step can be captured in a CUDA
+    graph (same update rule)."""
     fusable = all(
         p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
         for p in parameters
     )
     return torch.optim.AdamW(
-        parameters, lr=learning_rate, weight_decay=weight_decay, fused=fusable or None
+        parameters,
+        lr=learning_rate,
+        weight_decay=weight_decay,
+        fused=fusable or None,
+        capturable=capturable,
     )
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast context of `precision` ("fp32": none; "bf16": bfloat16 autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
+    # no weight-cast cache: it must not outlive a CUDA graph capture (and every weight is used
+    # about once per step anyway)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+class TrainStep:
+    """One optimisation step on a batch of triples: the model's named loss terms, their sum's
+    backward, the optimiser step, and the terms added to running totals kept on the device.
+    Nothing in a step waits for the device: read `mean_terms()` (one synchronisation) when the
+    numbers are wanted.
+
+    With `cuda_graph=True`, a CUDA device and a model that declares `capturable`, the step of a
+    full batch is captured once into a CUDA graph (after a few eager warm-up steps on a side
+    stream, as CUDA graph capture requires) and replayed: forward, backward and AdamW become one
+    graph launch. The model then runs with `static_shapes` set. Batches of another size (the
+    last one of an epoch) run eagerly through the same function. If capture fails, every step
+    runs eagerly and `graph_error` says why.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        model: Recommender,
+        optimizer: torch.optim.Optimizer,
+        *,
+        batch_size: int,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        autocast_context(self.device, precision)  # fails early on an unsupported precision
+        self.use_graph = bool(
+            cuda_graph and self.device.type == "cuda" and getattr(model, "capturable", False)
+        )
+        if self.use_graph:
+            model.static_shapes = True
+        self.graph = None
+        self.graph_error: str | None = None
+        self.names: list[str] | None = None
+        self.totals: Tensor | None = None
+        self.steps = 0
+        self._eager_steps = 0
+        self._static: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _compute(self, users: Tensor, pos: Tensor, neg: Tensor) -> None:
+        with autocast_context(self.device, self.precision):
+            terms = self.model.loss(users, pos, neg)
+        if self.names is None:
+            self.names = list(terms)
+            self.totals = torch.zeros(len(self.names), device=self.device)
+        values = torch.stack([terms[name].float() for name in self.names])
+        self.optimizer.zero_grad(set_to_none=True)
+        values.sum().backward()
+        self.optimizer.step()
+        self.totals += values.detach()
+
+    def __call__(self, users: Tensor, pos: Tensor, neg: Tensor) -> None:
+        self.steps += 1
+        full = len(users) == self.batch_size
+        if self.graph is not None and full:
+            for static, value in zip(self._static, (users, pos, neg)):
+                static.copy_(value, non_blocking=True)
+            self.graph.replay()
+            return
+        if not (self.use_graph and full and self.graph_error is None):
+            self._compute(users, pos, neg)
+            return
+        if self._eager_steps < self.WARMUP_STEPS:
+            # warm-up on a side stream: allocator pools, optimiser state, library handles
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._compute(users, pos, neg)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+            return
+        self._capture(users, pos, neg)
+
+    def _capture(self, users: Tensor, pos: Tensor, neg: Tensor) -> None:
+        self._static = tuple(value.clone() for value in (users, pos, neg))
+        graph = torch.cuda.CUDAGraph()
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self._compute(*self._static)
+        except Exception as error:  # noqa: BLE001  (any capture failure falls back to eager)
+            self.graph_error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.model.static_shapes = False
+            torch.cuda.synchronize(self.device)
+            self._compute(users, pos, neg)
+            return
+        self.graph = graph
+        graph.replay()  # capture records the work without doing it
+
+    def reset(self) -> None:
+        """Zero the running totals (start of an epoch)."""
+        if self.totals is not None:
+            self.totals.zero_()
+        self.steps = 0
+
+    def mean_terms(self) -> dict[str, float]:
+        """{term: mean over the steps since reset()}: one device synchronisation."""
+        if self.totals is None or self.steps == 0:
+            return {}
+        values = (self.totals / self.steps).tolist()
+        return dict(zip(self.names, values))
 
 
 @dataclass
@@ -82,29 +214,37 @@ class FitResult:
     history: list[EpochRecord] = field(default_factory=list)
     interrupted: bool = False
     stopped_early: bool = False
+    cuda_graph: bool = False  # whether the training step ran as a captured CUDA graph
 
 
 class Progress:
-    """Progress on stderr: an in-place line on a terminal, a line every few seconds otherwise."""
+    """Progress on stderr: an in-place line on a terminal (at most every `tty_every_s`), a line
+    every `every_s` seconds otherwise."""
 
-    def __init__(self, stream=None, every_s: float = 10.0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        stream=None,
+        every_s: float = 10.0,
+        enabled: bool = True,
+        tty_every_s: float = 0.5,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every_s = every_s
+        self.every_s = tty_every_s if self.tty else every_s
         self.enabled = enabled
-        self._last = 0.0
+        self._last = -math.inf
+
+    def due(self) -> bool:
+        """Whether update() would print now (callers skip computing the text otherwise, e.g. a
+        loss that would have to be read from the GPU)."""
+        return self.enabled and time.perf_counter() - self._last >= self.every_s
 
     def update(self, text: str) -> None:
-        if not self.enabled:
+        if not self.due():
             return
-        now = time.perf_counter()
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-        elif now - self._last >= self.every_s:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self._last = now
+        self.stream.write(("\r\033[K" + text) if self.tty else (text + "\n"))
+        self.stream.flush()
+        self._last = time.perf_counter()
 
     def line(self, text: str) -> None:
         if not self.enabled:
@@ -146,6 +286,9 @@ def fit(
     weight_decay: float,
     seed: int,
     eval_batch_size: int = 1024,
+    eval_every: int = 1,
+    precision: str = "fp32",
+    cuda_graph: bool = True,
     selection_metric: str | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     on_improve: Callable[[EpochRecord, Recommender], None] | None = None,
@@ -153,15 +296,26 @@ def fit(
 ) -> FitResult:
     """Train `model` with AdamW on BPR-style triples; keep the best validation state.
 
+    Validation runs every `eval_every` epochs and after the last one; `patience` counts
+    validations without gain (with eval_every=1, epochs). Epochs without validation are
+    recorded with empty `valid` metrics. `precision` "bf16" trains under bfloat16 autocast;
+    `cuda_graph` captures the step in a CUDA graph on a GPU (see TrainStep).
+
     After return the model holds the parameters of the best validation epoch (test metrics are
     the caller's to compute, once, from that state). Ctrl-C stops after the current batch and
     returns normally with `interrupted=True`.
     """
+    if eval_every < 1:
+        raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
     progress = progress or Progress()
     selection_metric = selection_metric or protocol.selection_metric
     device = next(model.parameters()).device
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, learning_rate, weight_decay)
+    graphed = cuda_graph and device.type == "cuda" and getattr(model, "capturable", False)
+    optimizer = make_optimizer(parameters, learning_rate, weight_decay, capturable=graphed)
+    step = TrainStep(
+        model, optimizer, batch_size=batch_size, precision=precision, cuda_graph=cuda_graph
+    )
     sampler = NegativeSampler(protocol.negative_exclusion_matrix(dataset), seed=seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -169,6 +323,7 @@ def fit(
     best_value, best_epoch, best_valid, best_state = -math.inf, 0, {}, None
     history: list[EpochRecord] = []
     interrupted = stopped_early = False
+    evaluations_since_best = 0
     epoch = 0
     try:
         for epoch in range(1, epochs + 1):
@@ -178,36 +333,43 @@ def fit(
             users, pos, neg = (
                 torch.from_numpy(a).to(device) for a in epoch_triples(dataset.train, sampler, rng)
             )
-            totals: dict[str, float] = {}
             num_batches = max(1, math.ceil(len(users) / batch_size))
+            step.reset()
             for batch in range(num_batches):
                 part = slice(batch * batch_size, (batch + 1) * batch_size)
-                terms = model.loss(users[part], pos[part], neg[part])
-                loss = sum(terms.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for name, value in terms.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach())
-                progress.update(
-                    f"epoch {epoch} [{batch + 1}/{num_batches}] loss {float(loss.detach()):.4f}"
-                )
+                step(users[part], pos[part], neg[part])
+                if progress.due():  # the only read of the losses inside an epoch
+                    running = sum(step.mean_terms().values())
+                    progress.update(f"epoch {epoch} [{batch + 1}/{num_batches}] loss {running:.4f}")
+            losses = step.mean_terms()
             train_s = time.perf_counter() - start
-            losses = {name: value / num_batches for name, value in totals.items()}
+            evaluate = epoch % eval_every == 0 or epoch == epochs
             start = time.perf_counter()
-            valid = evaluate_split(model, dataset, protocol, "valid", eval_batch_size)
+            valid = (
+                evaluate_split(model, dataset, protocol, "valid", eval_batch_size)
+                if evaluate
+                else {}
+            )
             eval_s = time.perf_counter() - start
             record = EpochRecord(epoch, losses, valid, train_s, eval_s)
             history.append(record)
-            improved = valid[selection_metric] > best_value
+            improved = evaluate and valid[selection_metric] > best_value
             if improved:
                 best_value, best_epoch, best_valid = valid[selection_metric], epoch, valid
                 best_state = copy.deepcopy(model.state_dict())
+                evaluations_since_best = 0
+            elif evaluate:
+                evaluations_since_best += 1
+            summary = (
+                f" | valid {selection_metric}={valid[selection_metric]:.4f}"
+                f" NDCG@20={valid.get('NDCG@20', float('nan')):.4f}"
+                if evaluate
+                else ""
+            )
             progress.line(
                 f"epoch {epoch}: "
                 + " ".join(f"{k}={v:.4g}" for k, v in losses.items())
-                + f" | valid {selection_metric}={valid[selection_metric]:.4f}"
-                + f" NDCG@20={valid.get('NDCG@20', float('nan')):.4f}"
+                + summary
                 + f" | {train_s:.1f}s train {eval_s:.1f}s eval"
                 + (" *" if improved else "")
             )
@@ -215,13 +377,18 @@ def fit(
                 on_epoch_end(record)
             if improved and on_improve is not None:
                 on_improve(record, model)
-            if epoch - best_epoch >= patience:
+            if evaluations_since_best >= patience and evaluate:
                 stopped_early = True
-                progress.line(f"early stop: no {selection_metric} gain in {patience} epochs")
+                unit = "epochs" if eval_every == 1 else f"validations (every {eval_every} epochs)"
+                progress.line(f"early stop: no {selection_metric} gain in {patience} {unit}")
                 break
     except KeyboardInterrupt:
         interrupted = True
         progress.line(f"interrupted in epoch {epoch}; keeping the best epoch ({best_epoch})")
+    if step.graph_error is not None:
+        progress.line(f"CUDA graph capture failed, trained eagerly ({step.graph_error})")
+    if step.use_graph:
+        model.static_shapes = False
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -232,4 +399,5 @@ def fit(
         history=history,
         interrupted=interrupted,
         stopped_early=stopped_early,
+        cuda_graph=step.graph is not None,
     )
