@@ -16,8 +16,8 @@ validation metric (ties: the earlier trial). The test split is evaluated once, f
 trial, from its best-epoch state; no other trial's test score is computed. The record
   {"model", "data", "protocol", "selection_metric", "seed", "epochs", "patience", "grid",
    "fixed", "base_preset", "machine", "command",
-   "trials": [{"settings", "valid", "best_epoch", "epochs_run", "stopped_early",
-               "train_epoch_s", "eval_s", "wall_s"}, ...],
+   "trials": [{"trial", "settings", "valid", "best_epoch", "epochs_run", "stopped_early",
+               "interrupted", "train_epoch_s", "eval_s", "wall_s"}, ...],
    "chosen": {"trial", "settings", "valid", "best_epoch", "test"}}
 is rewritten (atomically) after every trial, so an interrupted study keeps what it finished
 ("chosen" then describes the best finished trial and has no test score).
@@ -41,9 +41,11 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 
 # The grid of each baseline when no --grid is given. Sources:
-#   mf: a documented small grid (Rendle et al. publish none for these data sets): the L2 weight
-#     around the value the Baby diagnosis found (benchmarks/results/diagnose_mf_baby_*.json) and
-#     the optional item bias of the peer implementation; Adam at lr 1e-2.
+#   mf: a documented small grid (Rendle et al. publish none for these data sets): N(0, 0.01^2)
+#     initialisation (the Baby diagnosis, benchmarks/results/diagnose_mf_baby_lr1e-3.json), the L2
+#     weight around the values the peer implementation's tuning (0.05) and the issue's diagnosis
+#     (0.1) point to, with and without the peer's item bias; Adam at lr 1e-2, since at 1e-3 a
+#     strong L2 weight needs ~175 epochs (issue 12) and Baby epochs were ~20 s on the shared CPU.
 #   lightgcn: He et al. SIGIR 2020 tune lambda in {1e-6, ..., 1e-2} at lr 1e-3 with L = 3; the
 #     1e-6 end is dropped (indistinguishable from 1e-5 at these epoch counts).
 #   vbpr: no grid is published for these splits; the L2 weight as for mf (the ID factors overfit
@@ -51,7 +53,12 @@ except ImportError:  # run from a checkout without `pip install -e .`
 #   freedom: Zhou & Shen ACM MM 2023: lambda (`modality_weight`) in {0, 1e-5, 1e-4, 1e-3} x
 #     edge pruning ratio in {0.8, 0.9}, at lr 1e-3.
 GRIDS: dict[str, list[str]] = {
-    "mf": ["learning_rate=0.01", "reg_weight=0.03,0.1,0.3", "item_bias=false,true"],
+    "mf": [
+        "learning_rate=0.01",
+        "init_std=0.01",
+        "reg_weight=0.03,0.1",
+        "item_bias=false,true",
+    ],
     "lightgcn": ["learning_rate=0.001", "reg_weight=0.00001,0.0001,0.001,0.01"],
     "vbpr": ["learning_rate=0.001", "reg_weight=0.001,0.01,0.1"],
     "freedom": [
@@ -95,24 +102,85 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs"
 
 
-def run_study(args: argparse.Namespace) -> dict:
+def run_trial(config_dict: dict, threads: int, label: str) -> tuple[dict, dict]:
+    """Train one resolved configuration; -> (trial record without settings, best-epoch state on
+    the CPU). A plain function of its configuration, so it runs alike in this process or in a
+    worker process (--jobs)."""
     import torch
 
     from rearm.evaluation.protocol import get_protocol
-    from rearm.experiments.config import resolve_config
+    from rearm.experiments.config import RunConfig
+    from rearm.models import get_model
+    from rearm.training.trainer import Progress, fit, resolve_device, seed_everything
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = RunConfig(**config_dict)
+    dataset = _dataset(config.data)
+    protocol = get_protocol(config.protocol)
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    model = (
+        get_model(config.model)
+        .from_dataset(dataset, seed=config.seed, **config.hyperparameters)
+        .to(resolve_device(config.device))
+    )
+    training = config.training
+    log = Progress(every_s=60.0)
+    result = fit(
+        model,
+        dataset,
+        protocol,
+        epochs=training["epochs"],
+        patience=training["patience"],
+        batch_size=training["batch_size"],
+        learning_rate=training["learning_rate"],
+        weight_decay=training["weight_decay"],
+        seed=config.seed,
+        eval_batch_size=training["eval_batch_size"],
+        progress=log,
+    )
+    value = result.best_valid[protocol.selection_metric]
+    log.line(
+        f"{label}: valid {protocol.selection_metric}={value:.4f} "
+        f"(best epoch {result.best_epoch} of {result.epochs_run})"
+    )
+    trial = {
+        "valid": result.best_valid,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "interrupted": result.interrupted,
+        "train_epoch_s": round(statistics.median(r.train_s for r in result.history), 3),
+        "eval_s": round(statistics.median(r.eval_s for r in result.history), 3),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return trial, state
+
+
+_DATASETS: dict = {}
+
+
+def _dataset(data: str | None):
+    """The data set of `data` (None: the synthetic default), read once per process."""
     from rearm.experiments.run import load_run_data
+
+    if data not in _DATASETS:
+        _DATASETS[data] = load_run_data(data)
+    return _DATASETS[data]
+
+
+def run_study(args: argparse.Namespace) -> dict:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from rearm.evaluation.protocol import get_protocol
+    from rearm.experiments.config import resolve_config
     from rearm.io import write_json
     from rearm.models import get_model
-    from rearm.training.trainer import (
-        Progress,
-        evaluate_split,
-        fit,
-        resolve_device,
-        seed_everything,
-    )
+    from rearm.training.trainer import Progress, evaluate_split, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     grid = parse_grid(args.grid)
     settings = trial_settings(grid)
     data = None if args.data == "synthetic" else args.data
@@ -130,11 +198,14 @@ def run_study(args: argparse.Namespace) -> dict:
         )
         for point in settings
     ]
-    dataset = load_run_data(data)
+    protocol = get_protocol(configs[0].protocol)
+    dataset = _dataset(data)
     record: dict = {
         "model": args.model,
         "data": args.data,
         "base_preset": args.preset,
+        "protocol": protocol.name,
+        "selection_metric": protocol.selection_metric,
         "seed": args.seed,
         "epochs": args.epochs,
         "patience": args.patience,
@@ -144,85 +215,66 @@ def run_study(args: argparse.Namespace) -> dict:
         "command": " ".join(["python", "benchmarks/tune_baselines.py", *args.argv]),
         "trials": [],
     }
-    log = Progress(every_s=30.0)
-    best = None  # (valid value, trial index, config, state, model)
-    for index, (point, config) in enumerate(zip(settings, configs, strict=True)):
-        protocol = get_protocol(config.protocol)
-        record["protocol"] = config.protocol
-        record["selection_metric"] = protocol.selection_metric
-        log.line(f"trial {index + 1}/{len(settings)}: {point}")
-        started = time.perf_counter()
-        seed_everything(config.seed)
+    log = Progress()
+    finished: dict[int, dict] = {}
+    best: tuple[float, int, dict] | None = None  # (valid value, trial index, state)
+
+    def collect(index: int, trial: dict, state: dict) -> None:
+        nonlocal best
+        finished[index] = {"trial": index, "settings": settings[index], **trial}
+        record["trials"] = [finished[i] for i in sorted(finished)]
+        value = trial["valid"][protocol.selection_metric]
+        if best is None or value > best[0] or (value == best[0] and index < best[1]):
+            best = (value, index, state)
+        chosen = finished[best[1]]
+        preset: dict = {"hyperparameters": {}, "training": {}}
+        for key, val in chosen["settings"].items():
+            section = "training" if key in configs[best[1]].training else "hyperparameters"
+            preset[section][key] = val
+        record["chosen"] = {
+            "trial": best[1],
+            "settings": chosen["settings"],
+            "valid": chosen["valid"],
+            "best_epoch": chosen["best_epoch"],
+            "preset": preset,
+        }
+        write_json(args.out, record)
+
+    labels = [f"trial {i + 1}/{len(settings)} {point}" for i, point in enumerate(settings)]
+    if args.jobs <= 1:
+        for index, config in enumerate(configs):
+            log.line(labels[index])
+            collect(index, *run_trial(config.to_dict(), args.threads, labels[index]))
+            if finished[index]["interrupted"]:
+                break
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(run_trial, config.to_dict(), args.threads, labels[index]): index
+                for index, config in enumerate(configs)
+            }
+            for future in as_completed(futures):
+                collect(futures[future], *future.result())
+
+    complete = len(finished) == len(settings) and not any(
+        trial["interrupted"] for trial in finished.values()
+    )
+    if best is not None and complete:
+        value, index, state = best
+        config = configs[index]
         model = (
             get_model(config.model)
             .from_dataset(dataset, seed=config.seed, **config.hyperparameters)
             .to(resolve_device(config.device))
         )
-        training = config.training
-        result = fit(
-            model,
-            dataset,
-            protocol,
-            epochs=training["epochs"],
-            patience=training["patience"],
-            batch_size=training["batch_size"],
-            learning_rate=training["learning_rate"],
-            weight_decay=training["weight_decay"],
-            seed=config.seed,
-            eval_batch_size=training["eval_batch_size"],
-            progress=log,
-        )
-        value = result.best_valid[protocol.selection_metric]
-        record["trials"].append(
-            {
-                "settings": point,
-                "valid": result.best_valid,
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "train_epoch_s": round(statistics.median(r.train_s for r in result.history), 3),
-                "eval_s": round(statistics.median(r.eval_s for r in result.history), 3),
-                "wall_s": round(time.perf_counter() - started, 1),
-            }
-        )
-        log.line(
-            f"trial {index + 1}: valid {protocol.selection_metric}={value:.4f} "
-            f"(best epoch {result.best_epoch} of {result.epochs_run})"
-        )
-        if best is None or value > best[0]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best = (value, index, config, state, model)
-        trial = record["trials"][best[1]]
-        record["chosen"] = {
-            "trial": best[1],
-            "settings": trial["settings"],
-            "valid": trial["valid"],
-            "best_epoch": trial["best_epoch"],
-            "preset": {"hyperparameters": {}, "training": {}},
-        }
-        for key, val in trial["settings"].items():
-            section = "training" if key in best[2].training else "hyperparameters"
-            record["chosen"]["preset"][section][key] = val
-        if result.interrupted:
-            break
-        write_json(args.out, record)
-
-    if best is not None and len(record["trials"]) == len(settings):
-        _, _, config, state, model = best
         model.load_state_dict(state)
-        test = evaluate_split(
-            model,
-            dataset,
-            get_protocol(config.protocol),
-            "test",
-            config.training["eval_batch_size"],
-        )
+        test = evaluate_split(model, dataset, protocol, "test", config.training["eval_batch_size"])
         record["chosen"]["test"] = test
         log.line(
-            f"chosen trial {best[1] + 1}: {record['chosen']['settings']} valid "
-            f"{best[0]:.4f}, test Recall@20={test['Recall@20']:.4f} NDCG@20={test['NDCG@20']:.4f}"
+            f"chosen {labels[index]}: valid {value:.4f}, test Recall@20={test['Recall@20']:.4f} "
+            f"NDCG@20={test['NDCG@20']:.4f}"
         )
-    write_json(args.out, record)
+        write_json(args.out, record)
     return record
 
 
@@ -245,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--jobs", type=int, default=1, help="trials trained at once (processes)")
     parser.add_argument("--out", required=True, help="JSON record to write")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

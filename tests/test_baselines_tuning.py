@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,23 @@ def test_tuning_rejects_an_unknown_key_with_exit_code_2(tmp_path, capsys) -> Non
     assert code == 2
     assert "no_such_key" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_gpu_converged_script_smoke_mode_writes_a_summary(tmp_path) -> None:
+    """SMOKE=1: the synthetic default, 2 epochs on the CPU, one row per model in summary.json."""
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_baby_baselines_converged.sh", "mf"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["model"] for row in rows] == ["mf"]
+    assert rows[0]["epochs_run"] == 2 and rows[0]["capped"] and not rows[0]["converged"]
+    assert 0.0 < rows[0]["test_recall20"] <= 1.0
+    assert (tmp_path / "results_mf.json").is_file()
