@@ -89,7 +89,7 @@ _BASELINE_SYNTHETIC = {"training": {"learning_rate": 1e-2, "epochs": 25, "patien
 _BASELINE_BABY = {
     # study tune_mf_baby.json: lr 1e-2, N(0, 0.01^2), reg_weight {0.03, 0.1} x item bias {off, on}
     "mf": {
-        "hyperparameters": {"init_std": 0.01, "reg_weight": 0.1, "item_bias": False},
+        "hyperparameters": {"init_std": 0.01, "reg_weight": 0.1, "item_bias": True},
         "training": {"learning_rate": 1e-2},
     },
     # the paper's setting (lambda 1e-4, L 3, Adam lr 1e-3); issue 12 measured it converged on Baby
