@@ -11,6 +11,11 @@ class TestMF(ContractTests):
     model = "mf"
 
 
+class TestMFItemBias(ContractTests):
+    model = "mf"
+    hyperparameters = {"item_bias": True}
+
+
 class TestLightGCN(ContractTests):
     model = "lightgcn"
     hyperparameters = {"embedding_dim": 16, "num_layers": 2}

@@ -101,9 +101,45 @@ _LGMREC = {
     )
 }
 
+# Baselines on the Amazon sets (issue 12). A `baby` preset is the chosen point of a validation-only
+# study (benchmarks/tune_baselines.py, record benchmarks/results/tune_<model>_baby.json) where the
+# shared 2-core CPU allowed one; otherwise the published / measured point named beside it, with the
+# study command in benchmarks/gpu_tune_baselines.sh. `sports` and `clothing` carry the Baby point
+# until that GPU study is run for them (no study on those sets fitted the CPU budget).
+_BASELINE_BABY = {
+    # study tune_mf_baby.json: lr 1e-2, N(0, 0.01^2), reg_weight {0.03, 0.1} x item bias {off, on}
+    "mf": {
+        "hyperparameters": {"init_std": 0.01, "reg_weight": 0.1, "item_bias": True},
+        "training": {"learning_rate": 1e-2},
+    },
+    # the paper's setting (lambda 1e-4, L 3, Adam lr 1e-3); issue 12 measured it converged on Baby
+    "lightgcn": {
+        "hyperparameters": {"num_layers": 3, "reg_weight": 1e-4},
+        "training": {"learning_rate": 1e-3},
+    },
+    # issue 12's measured point (Xavier-normal scale initialisation, lambda 1e-4, lr 1e-3)
+    "vbpr": {
+        "hyperparameters": {"init_std": 0.01, "reg_weight": 1e-4},
+        "training": {"learning_rate": 1e-3},
+    },
+    # the authors' configuration point (lambda 1e-3, pruning ratio 0.8, lr 1e-3)
+    "freedom": {
+        "hyperparameters": {"modality_weight": 1e-3, "pruning_ratio": 0.8},
+        "training": {"learning_rate": 1e-3},
+    },
+}
+
 PRESETS: dict[str, dict[str, dict]] = {
     "rearm": _REARM,
-    **{name: {"synthetic": _BASELINE_SYNTHETIC} for name in ("mf", "lightgcn", "vbpr", "freedom")},
+    **{
+        name: {
+            "synthetic": _BASELINE_SYNTHETIC,
+            "baby": baby,
+            "sports": baby,
+            "clothing": baby,
+        }
+        for name, baby in _BASELINE_BABY.items()
+    },
     "bm3": {"synthetic": _BASELINE_SYNTHETIC},
     "dragon": {"synthetic": _BASELINE_SYNTHETIC},
     # six epochs: each MGCN / LGMRec step propagates every view of the whole graph, and both
