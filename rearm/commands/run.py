@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="negative sampling and masking rules (default standard; see protocol.json)",
     )
     train.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
-    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--out", help="run directory to write (required)")
+    train.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list the keys of --model (defaults, domains, meanings) and exit",
+    )
     train.add_argument("--force", action="store_true", help="replace an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
@@ -65,6 +70,13 @@ def _train(args: argparse.Namespace) -> int:
     from rearm.experiments.run import train_run
     from rearm.training.trainer import Progress
 
+    if args.help_config:
+        from rearm.commands.config import print_config_keys
+
+        print_config_keys(args.model or "rearm", args.preset)
+        return 0
+    if not args.out:
+        raise RunError("--out: required (the run directory to write)")
     config = config_from_args(
         args,
         model=args.model,

@@ -7,9 +7,11 @@ baselines, rather than the optimiser's weight decay: only the rows a batch touch
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor
 
-from rearm.models.base import ProgressFn, Recommender
+from rearm.models.base import ProgressFn, Range, Recommender
 from rearm.models.layers import bpr_loss, normal_embedding
 
 
@@ -65,8 +67,8 @@ class MF(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        reg_weight: float = 1e-4,
+        embedding_dim: Annotated[int, Range(ge=1), "size of the user and item embeddings"] = 64,
+        reg_weight: Annotated[float, Range(ge=0), "weight of the L2 term on the batch rows"] = 1e-4,
     ) -> MF:
         """MF needs no graph and no modality; `dataset` only gives the table sizes."""
         return cls(

@@ -16,12 +16,13 @@ user_repr = [gamma_u | theta_u | 1 | 1], item_repr = [gamma_i | E f_i | beta_i |
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rearm.models.base import ProgressFn, Recommender
+from rearm.models.base import ProgressFn, Range, Recommender
 from rearm.models.layers import bpr_loss, normal_embedding
 from rearm.models.mf import batch_l2
 
@@ -120,9 +121,11 @@ class VBPR(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        content_dim: int = 64,
-        reg_weight: float = 1e-4,
+        embedding_dim: Annotated[int, Range(ge=1), "size of the latent factors gamma"] = 64,
+        content_dim: Annotated[
+            int, Range(ge=1), "size of theta_u and of the projection E f_i"
+        ] = 64,
+        reg_weight: Annotated[float, Range(ge=0), "weight of the L2 term on the batch rows"] = 1e-4,
     ) -> VBPR:
         """Concatenate `dataset.features` (all modalities, data set order) into f_i."""
         return cls(
