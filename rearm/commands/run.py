@@ -95,6 +95,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rearm.experiments.bundle import load_bundle
 
+    _check_state(args.run_dir)
     bundle = load_bundle(args.run_dir)
     metrics = bundle.evaluate(args.split)
     if args.json:
@@ -115,6 +116,7 @@ def _recommend(args: argparse.Namespace) -> int:
     users = [u.strip() for u in args.users.split(",") if u.strip()]
     if not users:
         raise RunError("--users: give at least one user id")
+    _check_state(args.run_dir)
     bundle = load_bundle(args.run_dir)
     recommendations = bundle.recommend(users, args.k)
     if args.json:
@@ -125,3 +127,19 @@ def _recommend(args: argparse.Namespace) -> int:
             for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
                 print(f"  {rank:>3}. {item}  ({score:.4f})")
     return 0
+
+
+def _check_state(run_dir: str) -> None:
+    """RunError for a run without a usable model; a note on stderr for a model saved by an
+    interrupted or diverged run."""
+    import sys
+
+    from rearm.experiments.status import describe, require_model
+
+    record = require_model(run_dir)
+    if record is not None and record["status"] != "complete":
+        print(
+            f"rearm: note: {run_dir}: run is {describe(record)}; using its best epoch "
+            f"({record.get('best_epoch', '?')})",
+            file=sys.stderr,
+        )

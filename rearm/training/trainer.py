@@ -21,6 +21,7 @@ from rearm.data.sampling import NegativeSampler, epoch_triples
 from rearm.errors import ConfigError
 from rearm.evaluation.protocol import Protocol
 from rearm.models.base import Recommender
+from rearm.training.guards import DivergenceError, DivergenceGuard, stop_point
 
 
 def seed_everything(seed: int) -> None:
@@ -82,6 +83,7 @@ class FitResult:
     history: list[EpochRecord] = field(default_factory=list)
     interrupted: bool = False
     stopped_early: bool = False
+    diverged: dict | None = None  # {epoch, step, term} of the first non-finite value
 
 
 class Progress:
@@ -155,7 +157,9 @@ def fit(
 
     After return the model holds the parameters of the best validation epoch (test metrics are
     the caller's to compute, once, from that state). Ctrl-C stops after the current batch and
-    returns normally with `interrupted=True`.
+    returns normally with `interrupted=True` (so do SIGINT / SIGTERM inside
+    `rearm.training.guards.stop_signals()`); a non-finite loss term or gradient stops at once and
+    returns with `diverged` = {epoch, step, term}.
     """
     progress = progress or Progress()
     selection_metric = selection_metric or protocol.selection_metric
@@ -165,10 +169,12 @@ def fit(
     sampler = NegativeSampler(protocol.negative_exclusion_matrix(dataset), seed=seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
+    guard = DivergenceGuard(parameters)
 
     best_value, best_epoch, best_valid, best_state = -math.inf, 0, {}, None
     history: list[EpochRecord] = []
     interrupted = stopped_early = False
+    diverged = None
     epoch = 0
     try:
         for epoch in range(1, epochs + 1):
@@ -186,12 +192,15 @@ def fit(
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                guard.after_backward(epoch, batch + 1, terms)
                 optimizer.step()
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0.0) + float(value.detach())
                 progress.update(
                     f"epoch {epoch} [{batch + 1}/{num_batches}] loss {float(loss.detach()):.4f}"
                 )
+                stop_point()
+            guard.end_epoch()
             train_s = time.perf_counter() - start
             losses = {name: value / num_batches for name, value in totals.items()}
             start = time.perf_counter()
@@ -219,9 +228,14 @@ def fit(
                 stopped_early = True
                 progress.line(f"early stop: no {selection_metric} gain in {patience} epochs")
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         interrupted = True
-        progress.line(f"interrupted in epoch {epoch}; keeping the best epoch ({best_epoch})")
+        progress.line(
+            f"interrupted ({stop or 'SIGINT'}) in epoch {epoch}; keeping the best epoch ({best_epoch})"
+        )
+    except DivergenceError as error:
+        diverged = error.where
+        progress.line(f"{error}; stopped, keeping the best epoch ({best_epoch})")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -232,4 +246,5 @@ def fit(
         history=history,
         interrupted=interrupted,
         stopped_early=stopped_early,
+        diverged=diverged,
     )
