@@ -81,7 +81,7 @@ def check_run_dir(out: str | os.PathLike, force: bool) -> dict | None:
     if record["status"] == "running" and record.get("alive", True):
         raise RunError(f"--out {out}: a run is being written there ({describe_status(record)})")
     if record["status"] == "complete" and not force:
-        raise RunError(f"--out {out}: already holds a complete run (use --force to replace it)")
+        raise RunError(f"--out {out}: already holds a run (complete; use --force to replace it)")
     return record
 
 
