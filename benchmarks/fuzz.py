@@ -36,8 +36,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--randoms", type=int, default=3, help="random in-domain values per key")
     parser.add_argument("--only", choices=["config", "data"])
-    parser.add_argument("--subprocess", type=int, default=0,
-                        help="also run every N-th case as a real subprocess (0: none)")
+    parser.add_argument(
+        "--subprocess",
+        type=int,
+        default=0,
+        help="also run every N-th case as a real subprocess (0: none)",
+    )
     parser.add_argument("--work", help="folder for data copies and runs (default: a temp dir)")
     args = parser.parse_args()
 
@@ -57,12 +61,19 @@ def main() -> int:
         outcome = run_subprocess(case) if real else run_in_process(case)
         tally.add(outcome)
         if outcome.problem:
-            print(f"[{index}/{len(cases)}] FAIL {case.category} {case.label}: {outcome.problem}\n"
-                  + "\n".join((outcome.out + outcome.err).strip().splitlines()[-6:]),
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{index}/{len(cases)}] FAIL {case.category} {case.label}: {outcome.problem}\n"
+                + "\n".join((outcome.out + outcome.err).strip().splitlines()[-6:]),
+                file=sys.stderr,
+                flush=True,
+            )
         elif index % 50 == 0:
-            print(f"[{index}/{len(cases)}] {time.perf_counter() - started:.0f}s, "
-                  f"{len(tally.failures)} failures", file=sys.stderr, flush=True)
+            print(
+                f"[{index}/{len(cases)}] {time.perf_counter() - started:.0f}s, "
+                f"{len(tally.failures)} failures",
+                file=sys.stderr,
+                flush=True,
+            )
     report = {
         "seed": args.seed,
         "cases": sum(tally.tried.values()),
@@ -70,8 +81,13 @@ def main() -> int:
         "succeeded": tally.ok,
         "rejected_exit_2": tally.rejected,
         "failures": [
-            {"category": f.case.category, "case": f.case.label, "code": f.code,
-             "problem": f.problem, "output": (f.out + f.err).strip().splitlines()[-3:]}
+            {
+                "category": f.case.category,
+                "case": f.case.label,
+                "code": f.code,
+                "problem": f.problem,
+                "output": (f.out + f.err).strip().splitlines()[-3:],
+            }
             for f in tally.failures
         ],
         "seconds": round(time.perf_counter() - started, 1),

@@ -66,10 +66,11 @@ def load_run_data(path: str | None) -> Dataset:
     return load_dataset(path)
 
 
-def check_run_dir(out: str | os.PathLike, force: bool) -> dict | None:
+def check_run_dir(out: str | os.PathLike, force: bool, holding_lock: bool = False) -> dict | None:
     """Refuse an --out that must not be replaced: a file, a folder of other things, a complete
     run (without --force) or a run another process is writing. Returns the status of the run
-    there (None: nothing there). Reads only."""
+    there (None: nothing there). Reads only. `holding_lock`: this process holds the run lock,
+    so a `running` status there was left by a process that died."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
@@ -78,6 +79,8 @@ def check_run_dir(out: str | os.PathLike, force: bool) -> dict | None:
     record = read_status(out)
     if record is None:
         raise RunError(f"--out {out}: directory is not empty and holds no rearm run")
+    if holding_lock and record["status"] == "running":
+        record["alive"] = False
     if record["status"] == "running" and record.get("alive", True):
         raise RunError(f"--out {out}: a run is being written there ({describe_status(record)})")
     if record["status"] == "complete" and not force:
@@ -88,7 +91,7 @@ def check_run_dir(out: str | os.PathLike, force: bool) -> dict | None:
 def prepare_run_dir(out: str | os.PathLike, force: bool, progress: Progress | None = None) -> Path:
     """Check --out again (call it holding the run lock), then remove the previous run's files."""
     out = Path(out)
-    record = check_run_dir(out, force)
+    record = check_run_dir(out, force, holding_lock=True)
     if record is not None and progress is not None:
         progress.line(f"replacing the {describe_status(record)} run in {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -346,11 +349,12 @@ def _memory_errors(what: str):
     try:
         yield
     except (MemoryError, torch.OutOfMemoryError) as error:
-        raise RunError(f"{what}: out of memory ({_first_line(error)})") from None
+        raise RunError(f"{what}: too large for memory ({_first_line(error)})") from None
     except RuntimeError as error:
-        if "alloc" not in str(error).lower() and "memory" not in str(error).lower():
+        text = str(error).lower()
+        if not any(word in text for word in ("alloc", "memory", "overflow")):
             raise
-        raise RunError(f"{what}: out of memory ({_first_line(error)})") from None
+        raise RunError(f"{what}: too large for memory ({_first_line(error)})") from None
 
 
 def _first_line(error: BaseException) -> str:
