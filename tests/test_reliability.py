@@ -77,7 +77,7 @@ def test_every_numeric_key_of_every_model_declares_a_domain():
         return base in (int, float) and not any(isinstance(d, Range) for d in domains)
 
     for name in MODEL_NAMES:
-        for key, (annotation, default) in get_model(name).hyperparameters().items():
+        for key, (annotation, _default) in get_model(name).hyperparameters().items():
             assert not numeric_without_range(annotation), f"{name}.{key}"
     for key, annotation in TRAINING_TYPES.items():
         assert not numeric_without_range(annotation), key
@@ -353,7 +353,7 @@ def test_two_processes_sharing_one_cache_folder_both_succeed(small_data, tmp_pat
         for i in range(2)
     ]
     outputs = [process.communicate(timeout=600) for process in processes]
-    for process, (stdout, stderr) in zip(processes, outputs):
+    for process, (_stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
         assert "damaged" not in stderr
     results = [json.loads((tmp_path / f"run{i}" / "results.json").read_text()) for i in range(2)]
