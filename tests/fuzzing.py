@@ -39,6 +39,8 @@ class Case:
     argv: list[str]
     setup: typing.Callable[[], None] | None = None
     teardown: typing.Callable[[], None] | None = None
+    annotation: typing.Any = None  # config cases: the key's declaration and the value tried
+    value: typing.Any = None
 
 
 @dataclass
@@ -192,12 +194,14 @@ def config_cases(data: Path, runs: Path, rng: np.random.Generator, randoms: int 
                         "1",
                         "--quiet",
                         "--set",
-                        _set(key, value),
-                        "--set",
                         "batch_size=64",
+                        "--set",
+                        _set(key, value),
                         "--out",
                         str(out),
                     ],
+                    annotation=annotation,
+                    value=value,
                 )
 
 
@@ -286,7 +290,9 @@ def _mutations(path: Path, rng: np.random.Generator) -> Iterator[tuple[str, typi
             inf = array.copy()
             inf.flat[0] = np.inf
             yield "inf", save(inf)
-            yield "huge-values", save(array * np.float32(3e38))
+            with np.errstate(over="ignore"):
+                huge_values = array * np.float32(3e38)
+            yield "huge-values", save(huge_values)
         else:
             huge = array.copy()
             huge.flat[int(rng.integers(huge.size))] = 2**62
