@@ -201,11 +201,15 @@ class FREEDOM(Recommender):
         embedding_dim: Annotated[
             int, Range(ge=1), "size of the ID embeddings and modality projections"
         ] = 64,
-        num_layers: Annotated[int, Range(ge=0), "layers on the pruned user-item graph (L_ui)"] = 2,
+        num_layers: Annotated[
+            int, Range(ge=0, le=64), "layers on the pruned user-item graph (L_ui)"
+        ] = 2,
         item_graph_layers: Annotated[
-            int, Range(ge=0), "layers on the frozen item-item graph (L_ii)"
+            int, Range(ge=0, le=64), "layers on the frozen item-item graph (L_ii)"
         ] = 1,
-        knn_k: Annotated[int, Range(ge=1), "neighbours per item in the modality kNN graphs"] = 10,
+        knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per item in the modality kNN graphs"
+        ] = 10,
         image_weight: Annotated[
             float, Range(ge=0, le=1), "weight of the image graph (mm_image_weight)"
         ] = 0.1,

@@ -90,7 +90,7 @@ class LightGCN(Recommender):
         progress: ProgressFn | None = None,
         embedding_dim: Annotated[int, Range(ge=1), "size of the user and item embeddings"] = 64,
         num_layers: Annotated[
-            int, Range(ge=0), "propagation layers (their mean is the representation)"
+            int, Range(ge=0, le=64), "propagation layers (their mean is the representation)"
         ] = 3,
         reg_weight: Annotated[
             float, Range(ge=0), "weight of the L2 term on the ego embeddings"

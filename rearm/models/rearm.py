@@ -264,12 +264,18 @@ class REARM(Recommender):
     # ----------------------------------------------------------------------------------------
     @classmethod
     def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:
-        """Relations between keys: the two single-graph ablations exclude each other, and
-        explicit modality weights sum to 1 (their names are checked against the data later)."""
+        """Relations between keys: the two single-graph ablations exclude each other, the
+        meta-network's rank is at most embedding_dim, and explicit modality weights sum to 1
+        (their names are checked against the data later)."""
         from rearm.errors import ConfigError
 
         if hyperparameters["cooccurrence_only"] and hyperparameters["semantic_only"]:
             raise ConfigError(f"{where}: cooccurrence_only and semantic_only exclude each other")
+        if hyperparameters["rank"] > hyperparameters["embedding_dim"]:
+            raise ConfigError(
+                f"{where}: rank must be <= embedding_dim (a low-rank transform), got rank "
+                f"{hyperparameters['rank']} > embedding_dim {hyperparameters['embedding_dim']}"
+            )
         for side in ("user", "item"):
             key = f"{side}_modality_weights"
             check_weights(hyperparameters[key], f"{where}: {key}")
@@ -337,13 +343,13 @@ class REARM(Recommender):
             int, Range(ge=1), "size of every ID embedding and modality view"
         ] = 64,
         num_layers: Annotated[
-            int, Range(ge=0), "LightGCN layers on the user-item graph [num_layer]"
+            int, Range(ge=0, le=64), "LightGCN layers on the user-item graph [num_layer]"
         ] = 4,
         user_homograph_layers: Annotated[
-            int, Range(ge=0), "propagation layers on the user homograph [n_uu_layers]"
+            int, Range(ge=0, le=64), "propagation layers on the user homograph [n_uu_layers]"
         ] = 1,
         item_homograph_layers: Annotated[
-            int, Range(ge=0), "propagation layers on the item homograph [n_ii_layers]"
+            int, Range(ge=0, le=64), "propagation layers on the item homograph [n_ii_layers]"
         ] = 1,
         rank: Annotated[int, Range(ge=1), "rank of the meta-network transform"] = 3,
         self_attention_dropout: Annotated[
@@ -361,8 +367,12 @@ class REARM(Recommender):
         orthogonal_weight: Annotated[
             float, Range(ge=0), "weight of the orthogonality term [diff_loss_weight]"
         ] = 5e-5,
-        user_knn_k: Annotated[int, Range(ge=1), "neighbours per user in the user graphs"] = 40,
-        item_knn_k: Annotated[int, Range(ge=1), "neighbours per item in the item graphs"] = 10,
+        user_knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per user in the user graphs"
+        ] = 40,
+        item_knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per item in the item graphs"
+        ] = 10,
         user_image_weight: Annotated[
             float,
             Range(ge=0, le=1),
