@@ -1,6 +1,7 @@
 """The long fuzz run of the `rearm` CLI (the fast subset is tests/test_fuzz.py).
 
     python benchmarks/fuzz.py --seed 0 --randoms 3 [--only config|data] [--subprocess N]
+        [--shuffle --report FILE]
 
 Prints a progress line per case that fails and, at the end, one JSON object: cases tried, ended
 in success and in a clean exit-2 error per category, and every failure (case, exit code, the
@@ -30,6 +31,8 @@ from fuzzing import (  # noqa: E402
     write_layouts,
 )
 
+from rearm.io import write_json  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +46,12 @@ def main() -> int:
         help="also run every N-th case as a real subprocess (0: none)",
     )
     parser.add_argument("--work", help="folder for data copies and runs (default: a temp dir)")
+    parser.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="run the cases in a seeded random order (a stopped run is a sample)",
+    )
+    parser.add_argument("--report", help="rewrite this JSON summary after every case")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rearm-fuzz-"))
@@ -54,12 +63,16 @@ def main() -> int:
         cases += list(config_cases(layouts["rearm"], work / "runs", rng, args.randoms))
     if args.only in (None, "data"):
         cases += list(data_cases(layouts, work / "data", rng))
+    if args.shuffle:
+        cases = [cases[i] for i in rng.permutation(len(cases))]
     tally = Tally()
     started = time.perf_counter()
     for index, case in enumerate(cases, 1):
         real = args.subprocess and index % args.subprocess == 0
         outcome = run_subprocess(case) if real else run_in_process(case)
         tally.add(outcome)
+        if args.report:
+            write_json(args.report, summary(args.seed, tally, started, len(cases)))
         if outcome.problem:
             print(
                 f"[{index}/{len(cases)}] FAIL {case.category} {case.label}: {outcome.problem}\n"
@@ -74,8 +87,14 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    report = {
-        "seed": args.seed,
+    print(json.dumps(summary(args.seed, tally, started, len(cases)), indent=1))
+    return 1 if tally.failures else 0
+
+
+def summary(seed: int, tally: Tally, started: float, planned: int) -> dict:
+    return {
+        "seed": seed,
+        "planned": planned,
         "cases": sum(tally.tried.values()),
         "tried": tally.tried,
         "succeeded": tally.ok,
@@ -92,8 +111,6 @@ def main() -> int:
         ],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(report, indent=1))
-    return 1 if tally.failures else 0
 
 
 if __name__ == "__main__":

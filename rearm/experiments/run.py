@@ -213,7 +213,14 @@ def _train_and_write(config, out, dataset, model, protocol, device, progress, st
             result = _fit_run(config, out, dataset, model, protocol, progress)
             if result.epochs_run == 0:
                 state = "diverged" if result.diverged else "interrupted"
-                write_status(out, state, epoch=1, where=result.diverged, note="no epoch finished")
+                write_status(
+                    out,
+                    state,
+                    epoch=1,
+                    where=result.diverged,
+                    signal=last_signal() or "SIGINT",
+                    note="no epoch finished",
+                )
                 if result.diverged:
                     raise DivergenceError(result.diverged)
                 raise RunError(
