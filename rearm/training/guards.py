@@ -44,9 +44,11 @@ class DivergenceGuard:
 
     def after_backward(self, epoch: int, step: int, terms: Mapping[str, Tensor]) -> None:
         grads = [p.grad for p in self.parameters if p.grad is not None]
-        values = [value.detach().reshape(()) for value in terms.values()]
+        # float32 so that terms of mixed precision stack
+        values = [value.detach().reshape(()).float() for value in terms.values()]
         if grads:  # one fused pass over every gradient: the norm is finite iff all entries are
-            values.append(torch.nn.utils.get_total_norm(grads, foreach=True).to(values[0].device))
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            values.append(norm.float().to(values[0].device))
         flags = ~torch.isfinite(torch.stack(values))
         names = [f"loss term {name!r}" for name in terms] + ["the gradient"]
         self._pending.append((epoch, step, names, flags))
