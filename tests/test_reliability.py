@@ -57,7 +57,7 @@ def _one_error_line(err: str) -> str:
         ("learning_rate=-1", "learning_rate must be float in (0, inf), got -1.0"),
         ("embedding_dim=0", "embedding_dim must be int in [1, inf), got 0"),
         ("self_attention_dropout=2", "self_attention_dropout must be float in [0, 1], got 2.0"),
-        ("num_layers=-2", "num_layers must be int in [0, inf), got -2"),
+        ("num_layers=-2", "num_layers must be int in [0, 64], got -2"),
         ("contrastive_temperature=0", "contrastive_temperature must be float in (0, inf)"),
         ("item_modality_weights={image: 0.3, text: 0.3}", "summing to 1"),
         ("seed=-5", "seed must be int in [0, 4294967295]"),
