@@ -135,7 +135,7 @@ def test_evaluate_missing_run_is_a_clear_error(tmp_path, run_cli):
         (["--set", "learning_rate=fast"], "learning_rate must be float"),
         (["--set", "no_meta=1"], "no_meta must be bool"),
         (["--preset", "moon"], "unknown preset 'moon'"),
-        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--epochs", "0"], "epochs must be int in [1, inf), got 0"),
         (["--set", "cooccurrence_weighting=cubic"], "cooccurrence_weighting must be one of"),
     ],
 )

@@ -1,6 +1,13 @@
 """Subcommands of the `rearm` CLI. Each module exposes `register(subparsers)` that adds its parser
 and sets `handler` to a function taking the parsed arguments and returning an exit code."""
 
-from rearm.commands import analyze, data, graphs, run, study
+from rearm.commands import analyze, config, data, graphs, run, study
 
-COMMANDS = [data.register, graphs.register, run.register, study.register, analyze.register]
+COMMANDS = [
+    data.register,
+    graphs.register,
+    run.register,
+    study.register,
+    analyze.register,
+    config.register,
+]

@@ -39,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for torch, numba and BLAS (default: all cores); for several runs "
         "side by side",
     )
-    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--out", help="run directory to write (required)")
+    train.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list the keys of --model (defaults, domains, meanings) and exit",
+    )
     train.add_argument("--force", action="store_true", help="replace an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
@@ -72,6 +77,13 @@ def _train(args: argparse.Namespace) -> int:
     from rearm.training.threads import set_threads
     from rearm.training.trainer import Progress
 
+    if args.help_config:
+        from rearm.commands.config import print_config_keys
+
+        print_config_keys(args.model or "rearm", args.preset)
+        return 0
+    if not args.out:
+        raise RunError("--out: required (the run directory to write)")
     if args.threads is not None:
         set_threads(args.threads)
     config = config_from_args(
@@ -92,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rearm.experiments.bundle import load_bundle
 
+    _check_state(args.run_dir)
     bundle = load_bundle(args.run_dir)
     metrics = bundle.evaluate(args.split)
     if args.json:
@@ -112,6 +125,7 @@ def _recommend(args: argparse.Namespace) -> int:
     users = [u.strip() for u in args.users.split(",") if u.strip()]
     if not users:
         raise RunError("--users: give at least one user id")
+    _check_state(args.run_dir)
     bundle = load_bundle(args.run_dir)
     recommendations = bundle.recommend(users, args.k)
     if args.json:
@@ -122,3 +136,19 @@ def _recommend(args: argparse.Namespace) -> int:
             for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
                 print(f"  {rank:>3}. {item}  ({score:.4f})")
     return 0
+
+
+def _check_state(run_dir: str) -> None:
+    """RunError for a run without a usable model; a note on stderr for a model saved by an
+    interrupted or diverged run."""
+    import sys
+
+    from rearm.experiments.status import describe, require_model
+
+    record = require_model(run_dir)
+    if record is not None and record["status"] != "complete":
+        print(
+            f"rearm: note: {run_dir}: run is {describe(record)}; using its best epoch "
+            f"({record.get('best_epoch', '?')})",
+            file=sys.stderr,
+        )

@@ -113,6 +113,15 @@ class Dataset:
 
         max_user = max(int(a[0].max(initial=-1)) for a in arrays.values())
         max_item = max(int(a[1].max(initial=-1)) for a in arrays.values())
+        pairs_total = sum(a.shape[1] for a in arrays.values())
+        for which, largest, given in (("user", max_user, num_users), ("item", max_item, num_items)):
+            # ids are indices from 0: a huge one would size every table by it
+            if largest >= MAX_ID or (given is None and largest >= 2**20 + 64 * pairs_total):
+                raise DataError(
+                    f"{where}: {which} id {largest} is far larger than the data "
+                    f"({pairs_total} interactions); ids must be indices from 0 "
+                    "(the tabular layout maps arbitrary ids)"
+                )
         num_users = max_user + 1 if num_users is None else int(num_users)
         num_items = max_item + 1 if num_items is None else int(num_items)
         for name, array in arrays.items():
@@ -173,6 +182,10 @@ class Dataset:
             notes=notes,
             files=files,
         )
+
+
+# largest id: CSR indices are int32
+MAX_ID = 2**31 - 1
 
 
 def _check_pairs(array: np.ndarray, label: str, split: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tokenize
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -500,7 +501,7 @@ def load_npy(path: PathLike, *, mmap: bool = False) -> np.ndarray:
             if read_header is not None:
                 try:
                     header = read_header(handle)
-                except (ValueError, SyntaxError) as error:
+                except (ValueError, SyntaxError, tokenize.TokenError) as error:
                     raise DataError(f"{path}: damaged .npy header ({_first_line(error)})") from None
             data_start = handle.tell()
         if header is None:  # a newer .npy version: let numpy judge it

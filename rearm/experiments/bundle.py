@@ -6,7 +6,8 @@ stores those two tables next to the weights, the resolved configuration, the id 
 interactions (train to filter seen items; valid and test to re-evaluate).
 
 Layout of RUN_DIR/model/:
-  bundle.json        format version, model name, sizes, protocol, resolved config, score blocks
+  bundle.json        format version, model name, sizes, protocol, resolved config, score blocks and the
+                     SHA-256 of each file below (written last; verified by load_bundle)
   embeddings.npz     user [U, D], item [I, D] float32
   interactions.npz   CSR index arrays of train / valid / test
   ids.json           external user and item ids (index -> id), or null
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ import torch
 
 from rearm.data.dataset import SPLITS
 from rearm.errors import RunError, UnknownUserError
-from rearm.io import atomic_open, write_json
+from rearm.io import atomic_open, file_sha256, write_json
 
 BUNDLE_VERSION = 1
 BUNDLE_DIR = "model"
+BUNDLE_FILES = ("embeddings.npz", "interactions.npz", "ids.json", "weights.pt")
 
 
 @dataclass
@@ -160,6 +163,8 @@ def save_bundle(
     write_json(folder / "ids.json", ids, indent=None)
     with atomic_open(folder / "weights.pt", "wb") as handle:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    # bundle.json is written last and holds the SHA-256 of every other file
+    files = {name: file_sha256(folder / name) for name in BUNDLE_FILES}
     write_json(
         folder / "bundle.json",
         {
@@ -171,13 +176,16 @@ def save_bundle(
             "protocol": protocol,
             "config": config,
             "score_blocks": None if blocks is None else [[str(n), int(w)] for n, w in blocks],
+            "files": files,
         },
     )
     return folder
 
 
-def load_bundle(run_dir: str | os.PathLike) -> Bundle:
-    """Load RUN_DIR/model/ on the CPU; RunError if it is missing or inconsistent."""
+def load_bundle(run_dir: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Load RUN_DIR/model/ on the CPU; RunError naming the file if it is missing, truncated,
+    altered (SHA-256 differs from bundle.json's record, checked unless verify=False) or
+    inconsistent."""
     folder = Path(run_dir) / BUNDLE_DIR
     if not Path(run_dir).is_dir():
         raise RunError(f"{run_dir}: run directory not found")
@@ -186,9 +194,21 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
         raise RunError(f"{meta_path}: no saved model bundle (did the run finish an epoch?)")
     try:
         meta = json.loads(meta_path.read_text())
-        with np.load(folder / "embeddings.npz") as data:
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise RunError(f"{meta_path}: damaged bundle record ({_short(error)})") from None
+    if meta.get("format_version") != BUNDLE_VERSION:
+        raise RunError(f"{meta_path}: unsupported bundle format {meta.get('format_version')!r}")
+    if verify:
+        _verify_files(folder, meta.get("files"))
+    current = meta_path
+    try:
+        current = folder / "embeddings.npz"
+        with np.load(current) as data:
             user_repr, item_repr = data["user"], data["item"]
-        with np.load(folder / "interactions.npz") as data:
+        current = folder / "interactions.npz"
+        with np.load(current) as data:
             interactions = {
                 name: sp.csr_matrix(
                     (
@@ -200,12 +220,11 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
                 )
                 for name in SPLITS
             }
-        ids = json.loads((folder / "ids.json").read_text())
-    except (OSError, ValueError, KeyError) as error:
-        raise RunError(f"{folder}: damaged model bundle ({error})") from None
-    if meta.get("format_version") != BUNDLE_VERSION:
-        raise RunError(f"{meta_path}: unsupported bundle format {meta.get('format_version')!r}")
-    if user_repr.shape != (meta["num_users"], item_repr.shape[1]):
+        current = folder / "ids.json"
+        ids = json.loads(current.read_text())
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        raise RunError(f"{current}: damaged model bundle file ({_short(error)})") from None
+    if user_repr.ndim != 2 or user_repr.shape != (meta["num_users"], item_repr.shape[1]):
         raise RunError(f"{folder}: embeddings do not match num_users / num_items")
     return Bundle(
         meta=meta,
@@ -215,3 +234,30 @@ def load_bundle(run_dir: str | os.PathLike) -> Bundle:
         user_ids=None if not ids else ids.get("users"),
         item_ids=None if not ids else ids.get("items"),
     )
+
+
+def _verify_files(folder: Path, recorded: Any) -> None:
+    """Compare each file's SHA-256 with bundle.json's record (bundles written before the record
+    existed have none and are not checked)."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise RunError(f"{folder / 'bundle.json'}: damaged bundle record (files)")
+    for name, expected in recorded.items():
+        path = folder / str(name)
+        if not path.is_file():
+            raise RunError(f"{path}: missing from the model bundle")
+        try:
+            actual = file_sha256(path)
+        except OSError as error:
+            raise RunError(f"{path}: cannot read ({error.strerror or error})") from None
+        if actual != expected:
+            raise RunError(
+                f"{path}: SHA-256 differs from the one recorded at save time "
+                "(file truncated, altered or replaced)"
+            )
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -15,23 +15,28 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from rearm.errors import ConfigError
-from rearm.models import get_model
-from rearm.models.base import Range, check_type
+from rearm.models import MODEL_NAMES, get_model
+from rearm.models.base import Range, check_type, describe_annotation, meaning_of
 from rearm.models.presets import get_preset
 
 TRAINING_TYPES: dict[str, Any] = {
-    "epochs": int,
-    "patience": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "weight_decay": float,
-    "eval_batch_size": int,
-    # validate every N epochs (and after the last); patience counts validations
-    "eval_every": Annotated[int, Range(ge=1)],
-    # bf16: bfloat16 autocast (changes the numbers; meant for GPUs that support it)
-    "precision": Literal["fp32", "bf16"],
-    # capture the training step in a CUDA graph on a GPU (same numbers; false: eager steps)
-    "cuda_graph": bool,
+    "epochs": Annotated[int, Range(ge=1), "most epochs to train"],
+    "patience": Annotated[int, Range(ge=0), "early stop after this many epochs without gain"],
+    "batch_size": Annotated[int, Range(ge=1), "training triples per step"],
+    "learning_rate": Annotated[float, Range(gt=0), "AdamW learning rate"],
+    "weight_decay": Annotated[float, Range(ge=0), "AdamW weight decay"],
+    "eval_batch_size": Annotated[int, Range(ge=1), "users per block when ranking"],
+    "eval_every": Annotated[
+        int,
+        Range(ge=1),
+        "validate every N epochs (and after the last); patience counts validations",
+    ],
+    "precision": Annotated[
+        Literal["fp32", "bf16"], "bf16: bfloat16 autocast (changes the numbers; for GPUs)"
+    ],
+    "cuda_graph": Annotated[
+        bool, "capture the training step in a CUDA graph on a GPU (same numbers)"
+    ],
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 2000,
@@ -45,12 +50,13 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "cuda_graph": True,
 }
 TOP_LEVEL_TYPES: dict[str, Any] = {
-    "model": str,
-    "data": str | None,
-    "preset": str | None,
-    "protocol": str,
-    "seed": int,
-    "device": str,
+    "model": Annotated[Literal[MODEL_NAMES], "model to train"],
+    "data": Annotated[str | None, "data set path (null: the synthetic default)"],
+    "preset": Annotated[str | None, "published settings by data set (see presets)"],
+    "protocol": Annotated[Literal["standard", "reference"], "negative sampling and masking"],
+    # numpy seeds must fit in 32 bits
+    "seed": Annotated[int, Range(ge=0, le=2**32 - 1), "seed for python, numpy and torch"],
+    "device": Annotated[str, "auto, cpu or cuda[:N]"],
 }
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "model": "rearm",
@@ -187,16 +193,41 @@ def resolve_config(
             training[name] = flags[name]
     for name, annotation in TRAINING_TYPES.items():
         training[name] = check_type(training[name], annotation, f"{label}: training.{name}")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if training[name] < 1:
-            raise ConfigError(f"{label}: training.{name} must be >= 1, got {training[name]}")
-    if training["patience"] < 0:
-        raise ConfigError(f"{label}: training.patience must be >= 0")
     hyper = model_class.validate_hyperparameters(hyper, where=f"{label}: hyperparameters")
     get_protocol(top["protocol"])
     if top["device"] not in ("auto", "cpu") and not top["device"].startswith("cuda"):
         raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {top['device']!r}")
     return RunConfig(training=training, hyperparameters=hyper, **top)
+
+
+def config_keys(model: str = "rearm", preset: str | None = None) -> list[dict[str, Any]]:
+    """Every key `model` accepts: {key, section, domain, default, meaning}, generated from the
+    declarations (TOP_LEVEL_TYPES, TRAINING_TYPES, the model's from_dataset annotations); with
+    `preset`, defaults are the preset's values."""
+    model_class = get_model(model)
+    training = dict(TRAINING_DEFAULTS) | dict(getattr(model_class, "training_defaults", {}))
+    hyper = {name: default for name, (_, default) in model_class.hyperparameters().items()}
+    top = dict(TOP_LEVEL_DEFAULTS, model=model, preset=preset)
+    if preset is not None:
+        values = get_preset(model, preset)
+        training.update(values.get("training", {}))
+        hyper.update(values.get("hyperparameters", {}))
+    sections = (
+        ("", TOP_LEVEL_TYPES, top),
+        ("training", TRAINING_TYPES, training),
+        ("hyperparameters", {k: a for k, (a, _) in model_class.hyperparameters().items()}, hyper),
+    )
+    return [
+        {
+            "key": name,
+            "section": section,
+            "domain": describe_annotation(annotation),
+            "default": defaults.get(name),
+            "meaning": meaning_of(annotation),
+        }
+        for section, annotations, defaults in sections
+        for name, annotation in annotations.items()
+    ]
 
 
 def _check_known(values: Mapping[str, Any], known: Mapping[str, Any], label: str) -> None:

@@ -9,14 +9,18 @@ RUN_DIR/
                    written last, so its presence marks a complete run
   checkpoint.pt    state_dict of the best epoch so far (written when validation improves)
   model/           the saved bundle (rearm.experiments.bundle)
-Every file is written atomically.
+  status.json      running / complete / interrupted / failed / diverged (experiments.status)
+Every file is written atomically; results.json is the last file of a complete run, then its
+status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -26,11 +30,20 @@ import numpy as np
 import torch
 
 from rearm.data.dataset import Dataset
-from rearm.errors import RunError
+from rearm.errors import RearmError, RunError
 from rearm.experiments.bundle import load_bundle, save_bundle
 from rearm.experiments.config import RunConfig, dump_yaml
+from rearm.experiments.status import (
+    LOCK_FILE,
+    RUN_ARTIFACTS,
+    read_status,
+    run_lock,
+    write_status,
+)
+from rearm.experiments.status import describe as describe_status
 from rearm.io import atomic_open, file_sha256, write_json
 from rearm.models import get_model
+from rearm.training.guards import DivergenceError, deferred_stop, last_signal, stop_signals
 from rearm.training.trainer import EpochRecord, Progress, fit, resolve_device, seed_everything
 
 RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "protocol.json", "per_user.npz")
@@ -56,20 +69,58 @@ def load_run_data(path: str | None) -> Dataset:
     return load_dataset(path)
 
 
-def prepare_run_dir(out: str | os.PathLike, force: bool) -> Path:
+def check_run_dir(out: str | os.PathLike, force: bool, holding_lock: bool = False) -> dict | None:
+    """Refuse an --out that must not be replaced: a file, a folder of other things, a complete
+    run (without --force) or a run another process is writing. Returns the status of the run
+    there (None: nothing there). Reads only. `holding_lock`: this process holds the run lock,
+    so a `running` status there was left by a process that died."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not any((out / name).exists() for name in RUN_FILES + ("model",)):
-            raise RunError(f"--out {out}: directory is not empty and holds no rearm run")
-        if not force:
-            raise RunError(f"--out {out}: already holds a run (use --force to replace it)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    record = read_status(out)
+    if record is None:
+        raise RunError(f"--out {out}: directory is not empty and holds no rearm run")
+    if holding_lock and record["status"] == "running":
+        record["alive"] = False
+    if record["status"] == "running" and record.get("alive", True):
+        raise RunError(f"--out {out}: a run is being written there ({describe_status(record)})")
+    if record["status"] == "complete" and not force:
+        raise RunError(f"--out {out}: already holds a run (complete; use --force to replace it)")
+    return record
+
+
+def prepare_run_dir(out: str | os.PathLike, force: bool, progress: Progress | None = None) -> Path:
+    """Check --out again (call it holding the run lock), then remove the previous run's files."""
+    out = Path(out)
+    record = check_run_dir(out, force, holding_lock=True)
+    if record is not None and progress is not None:
+        progress.line(f"replacing the {describe_status(record)} run in {out}")
     out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES + ("checkpoint.pt",):
-        if (out / name).exists():
-            (out / name).unlink()
+    remove_run_files(out, keep_lock=True)
     return out
+
+
+def remove_run_files(out: Path, keep_lock: bool = False) -> None:
+    for name in RUN_ARTIFACTS:
+        path = out / name
+        if name == LOCK_FILE and keep_lock:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for leftover in out.glob(".*.tmp"):  # temporaries of atomic writes a killed run left
+        leftover.unlink()
+
+
+def _discard_run(out: Path, created: bool) -> None:
+    """Remove what this run wrote (and --out itself if this run created it); best effort."""
+    with contextlib.suppress(OSError):
+        remove_run_files(out)
+        if created:
+            out.rmdir()
 
 
 def protocol_record(protocol, dataset: Dataset) -> dict:
@@ -98,40 +149,132 @@ def train_run(
     dataset: Dataset | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Train `config` and write RUN_DIR; returns the results dict (also in results.json)."""
+    """Train `config` and write RUN_DIR; returns the results dict (also in results.json).
+
+    Nothing is written before the data is loaded and the model built; from then on
+    RUN_DIR/status.json follows the run (see rearm.experiments.status). SIGINT and SIGTERM stop
+    after the current batch and still write everything from the best epoch. A failure to write
+    (read-only folder, full disk) removes what this run wrote and raises RunError."""
     from rearm.data.cache import GraphCache
     from rearm.evaluation.protocol import get_protocol
 
     started = time.perf_counter()
     progress = progress or Progress()
     device = resolve_device(config.device)  # before anything is written
-    out = prepare_run_dir(out, force)
     protocol = get_protocol(config.protocol)
-    if dataset is None:
-        progress.line(f"loading data from {config.data or 'the synthetic default'}")
-        dataset = load_run_data(config.data)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(dump_yaml(config))
-    write_json(out / "protocol.json", protocol_record(protocol, dataset))
+    out = Path(out)
+    check_run_dir(out, force)
+    with stop_signals():
+        if dataset is None:
+            progress.line(f"loading data from {config.data or 'the synthetic default'}")
+            dataset = load_run_data(config.data)
+        seed_everything(config.seed)
+        model_class = get_model(config.model)
+        progress.line(
+            f"building {config.model} ({dataset.num_users} users, {dataset.num_items} items, "
+            f"modalities: {', '.join(dataset.features) or 'none'})"
+        )
+        graph_start = time.perf_counter()
+        with _memory_errors(f"building {config.model}"):
+            model = model_class.from_dataset(
+                dataset,
+                graph_cache=GraphCache(report=progress.line),
+                seed=config.seed,
+                progress=progress.line,
+                **config.hyperparameters,
+            ).to(device)
+        graphs_s = time.perf_counter() - graph_start
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        progress.line(
+            f"graphs and model ready in {graphs_s:.1f}s; {trainable:,} trainable parameters"
+        )
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with run_lock(out):
+                prepare_run_dir(out, force, progress)
+                return _train_and_write(
+                    config, out, dataset, model, protocol, device, progress, started, graphs_s
+                )
+        except OSError as error:
+            _discard_run(out, created)
+            where = f" {error.filename}" if getattr(error, "filename", None) else ""
+            raise RunError(
+                f"--out {out}: cannot write{where} ({error.strerror or error}); "
+                "nothing of this run was kept"
+            ) from None
 
-    seed_everything(config.seed)
-    model_class = get_model(config.model)
+
+def _train_and_write(config, out, dataset, model, protocol, device, progress, started, graphs_s):
+    """The part of train_run that writes RUN_DIR, status transitions included."""
+    write_status(out, "running", model=config.model)
+    try:
+        with atomic_open(out / "config.yaml") as handle:
+            handle.write(dump_yaml(config))
+        write_json(out / "protocol.json", protocol_record(protocol, dataset))
+        with deferred_stop():
+            result = _fit_run(config, out, dataset, model, protocol, progress)
+            if result.epochs_run == 0:
+                state = "diverged" if result.diverged else "interrupted"
+                write_status(
+                    out,
+                    state,
+                    epoch=1,
+                    where=result.diverged,
+                    signal=last_signal() or "SIGINT",
+                    note="no epoch finished",
+                )
+                if result.diverged:
+                    raise DivergenceError(result.diverged)
+                raise RunError(
+                    f"--out {out}: interrupted before the first epoch finished; nothing saved"
+                )
+            results = _write_results(config, out, dataset, model, protocol, device, result)
+            results["timing"]["graphs_s"] = round(graphs_s, 3)
+            results["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+            results["trainable_parameters"] = sum(
+                p.numel() for p in model.parameters() if p.requires_grad
+            )
+            write_json(out / "results.json", results)
+            _write_final_status(out, result)
+    except KeyboardInterrupt as stop:
+        write_status(out, "interrupted", signal=str(stop) or "SIGINT", note="no model saved")
+        raise
+    except RearmError as error:
+        if read_status(out)["status"] == "running":
+            write_status(out, "failed", error=str(error))
+        raise
+    except OSError:
+        raise
+    except Exception as error:
+        write_status(out, "failed", error=f"{type(error).__name__}: {error}")
+        raise
+    test = results["test"]
+    if result.diverged:
+        raise DivergenceError(result.diverged, kept=f"best epoch {result.best_epoch} in {out}")
     progress.line(
-        f"building {config.model} ({dataset.num_users} users, {dataset.num_items} items, "
-        f"modalities: {', '.join(dataset.features) or 'none'})"
+        f"best epoch {result.best_epoch}: test Recall@20={test['Recall@20']:.4f} "
+        f"NDCG@20={test['NDCG@20']:.4f} -> {out}"
     )
-    graph_start = time.perf_counter()
-    model = model_class.from_dataset(
-        dataset,
-        graph_cache=GraphCache(),
-        seed=config.seed,
-        progress=progress.line,
-        **config.hyperparameters,
-    ).to(device)
-    graphs_s = time.perf_counter() - graph_start
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    progress.line(f"graphs and model ready in {graphs_s:.1f}s; {trainable:,} trainable parameters")
+    return results
 
+
+def _write_final_status(out: Path, result) -> None:
+    if result.diverged:
+        write_status(out, "diverged", where=result.diverged, best_epoch=result.best_epoch)
+    elif result.interrupted:
+        write_status(
+            out,
+            "interrupted",
+            signal=last_signal() or "SIGINT",
+            epoch=result.epochs_run,
+            best_epoch=result.best_epoch,
+        )
+    else:
+        write_status(out, "complete", best_epoch=result.best_epoch)
+
+
+def _fit_run(config, out, dataset, model, protocol, progress):
     history: list[EpochRecord] = []
 
     def on_epoch_end(record: EpochRecord) -> None:
@@ -145,27 +288,30 @@ def train_run(
             torch.save({"epoch": record.epoch, "state_dict": current.state_dict()}, handle)
 
     training = config.training
-    result = fit(
-        model,
-        dataset,
-        protocol,
-        epochs=training["epochs"],
-        patience=training["patience"],
-        batch_size=training["batch_size"],
-        learning_rate=training["learning_rate"],
-        weight_decay=training["weight_decay"],
-        seed=config.seed,
-        eval_batch_size=training["eval_batch_size"],
-        eval_every=training["eval_every"],
-        precision=training["precision"],
-        cuda_graph=training["cuda_graph"],
-        on_epoch_end=on_epoch_end,
-        on_improve=on_improve,
-        progress=progress,
-    )
-    if result.epochs_run == 0:
-        raise RunError(f"--out {out}: interrupted before the first epoch finished; nothing saved")
+    with _memory_errors(f"training {config.model}"):
+        return fit(
+            model,
+            dataset,
+            protocol,
+            epochs=training["epochs"],
+            patience=training["patience"],
+            batch_size=training["batch_size"],
+            learning_rate=training["learning_rate"],
+            weight_decay=training["weight_decay"],
+            seed=config.seed,
+            eval_batch_size=training["eval_batch_size"],
+            eval_every=training["eval_every"],
+            precision=training["precision"],
+            cuda_graph=training["cuda_graph"],
+            on_epoch_end=on_epoch_end,
+            on_improve=on_improve,
+            progress=progress,
+        )
 
+
+def _write_results(config, out, dataset, model, protocol, device, result) -> dict:
+    """Save the bundle of the best epoch and compute the results dict from it."""
+    training = config.training
     with torch.no_grad():
         user_repr, item_repr = model.embed()
     save_bundle(
@@ -184,38 +330,55 @@ def train_run(
     write_per_user(
         out / "per_user.npz", {"valid": valid.pop("per_user"), "test": test.pop("per_user")}
     )
-    results = {
+    state = "diverged" if result.diverged else "interrupted" if result.interrupted else "complete"
+    return {
         "model": config.model,
         "preset": config.preset,
         "protocol": config.protocol,
         "seed": config.seed,
+        "status": state,
+        **({"diverged": result.diverged} if result.diverged else {}),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
-        "interrupted": result.interrupted,
+        "interrupted": bool(result.interrupted),
         "valid": {k: valid[k] for k in REPORTED if k in valid} | _rest(valid),
         "test": {k: test[k] for k in REPORTED if k in test} | _rest(test),
         "timing": {
-            "graphs_s": round(graphs_s, 3),
+            "graphs_s": None,
             "train_epoch_s": round(statistics.median(r.train_s for r in result.history), 3),
             "eval_s": round(
                 statistics.median([r.eval_s for r in result.history if r.valid] or [0.0]), 3
             ),
-            "total_s": round(time.perf_counter() - started, 3),
+            "total_s": None,
         },
-        "trainable_parameters": trainable,
+        "trainable_parameters": None,
         "notes": model.notes()
         + ([f"protocol {protocol.name}: {protocol.quirk}"] if protocol.quirk else []),
         "device": str(device),
         "cuda_graph": result.cuda_graph,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    write_json(out / "results.json", results)
-    progress.line(
-        f"best epoch {result.best_epoch}: test Recall@20={test['Recall@20']:.4f} "
-        f"NDCG@20={test['NDCG@20']:.4f} -> {out}"
-    )
-    return results
+
+
+@contextlib.contextmanager
+def _memory_errors(what: str):
+    """Allocation failures (an embedding_dim or batch_size too large for the machine) become
+    one-line RunErrors."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise RunError(f"{what}: too large for memory ({_first_line(error)})") from None
+    except RuntimeError as error:
+        text = str(error).lower()
+        if not any(word in text for word in ("alloc", "memory", "overflow")):
+            raise
+        raise RunError(f"{what}: too large for memory ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def write_per_user(path: str | os.PathLike, tables: dict[str, dict]) -> None:

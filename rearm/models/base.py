@@ -102,7 +102,13 @@ class Recommender(nn.Module):
         for name, (annotation, default) in known.items():
             value = values.get(name, default)
             resolved[name] = check_type(value, annotation, f"{where}: {name}")
+        cls.validate(resolved, where)
         return resolved
+
+    @classmethod
+    def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:
+        """Relations between hyperparameters that one key's domain cannot say (e.g. weights
+        summing to 1); raise ConfigError naming the keys. Called with every key resolved."""
 
 
 @dataclass(frozen=True)
@@ -131,20 +137,36 @@ class Range:
 
     def describe(self) -> str:
         low = (
-            f"[{self.ge:g}"
+            f"[{_number(self.ge)}"
             if self.ge is not None
-            else f"({self.gt:g}"
+            else f"({_number(self.gt)}"
             if self.gt is not None
             else "(-inf"
         )
         high = (
-            f"{self.le:g}]"
+            f"{_number(self.le)}]"
             if self.le is not None
-            else f"{self.lt:g})"
+            else f"{_number(self.lt)})"
             if self.lt is not None
             else "inf)"
         )
         return f"in {low}, {high}"
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def meaning_of(annotation: Any) -> str:
+    """The text of an annotation's meaning, declared as a plain string beside its domain:
+    `Annotated[int, Range(ge=1), "transformer layers"]`; "" when none is declared."""
+    if typing.get_origin(annotation) is Annotated:
+        return " ".join(
+            extra for extra in typing.get_args(annotation)[1:] if isinstance(extra, str)
+        )
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " ".join(filter(None, (meaning_of(arg) for arg in typing.get_args(annotation))))
+    return ""
 
 
 def domain_of(annotation: Any) -> tuple[Any, tuple[Range, ...]]:
@@ -159,6 +181,19 @@ def describe_annotation(annotation: Any) -> str:
     """'float in (0, inf)', 'one of 'a', 'b'', ... for help texts and errors."""
     base, domains = domain_of(annotation)
     return " ".join([_describe(base)] + [domain.describe() for domain in domains])
+
+
+def check_weights(weights: Mapping[str, float] | None, label: str) -> None:
+    """A {name: weight} mix: weights in [0, 1] summing to 1 (within 1e-6); None passes."""
+    if weights is None:
+        return
+    if not weights:
+        raise ConfigError(f"{label} must name at least one modality, got {{}}")
+    total = sum(weights.values())
+    if any(not 0.0 <= w <= 1.0 for w in weights.values()) or abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"{label} must be weights in [0, 1] summing to 1, got {dict(weights)!r} (sum {total:g})"
+        )
 
 
 def check_type(value: Any, annotation: Any, label: str) -> Any:
@@ -235,6 +270,9 @@ def _describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return "null"
+    if origin in (dict, Mapping) and typing.get_args(annotation):
+        key, value = typing.get_args(annotation)
+        return f"mapping of {describe_annotation(key)} to {describe_annotation(value)}"
     return getattr(annotation, "__name__", str(annotation))
 
 

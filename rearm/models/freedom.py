@@ -25,13 +25,14 @@ pruning ratio and the modality weight are grid-searched in {0.8, 0.9} x {0, 1e-5
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from rearm.models.base import ProgressFn, Recommender
+from rearm.models.base import ProgressFn, Range, Recommender, check_weights
 from rearm.models.layers import bpr_loss, propagate
 
 # Bump when the item-item graph recipe below changes, so cached graphs are rebuilt.
@@ -185,6 +186,11 @@ class FREEDOM(Recommender):
 
     # ----------------------------------------------------------------------------------------
     @classmethod
+    def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:
+        """Explicit modality weights sum to 1 (their names are checked against the data later)."""
+        check_weights(hyperparameters["modality_weights"], f"{where}: modality_weights")
+
+    @classmethod
     def from_dataset(
         cls,
         dataset,
@@ -192,15 +198,34 @@ class FREEDOM(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        num_layers: int = 2,
-        item_graph_layers: int = 1,
-        knn_k: int = 10,
-        image_weight: float = 0.1,
-        modality_weights: dict[str, float] | None = None,
-        pruning_ratio: float = 0.8,
-        modality_weight: float = 1e-3,
-        train_feature_tables: bool = True,
+        embedding_dim: Annotated[
+            int, Range(ge=1), "size of the ID embeddings and modality projections"
+        ] = 64,
+        num_layers: Annotated[
+            int, Range(ge=0, le=64), "layers on the pruned user-item graph (L_ui)"
+        ] = 2,
+        item_graph_layers: Annotated[
+            int, Range(ge=0, le=64), "layers on the frozen item-item graph (L_ii)"
+        ] = 1,
+        knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per item in the modality kNN graphs"
+        ] = 10,
+        image_weight: Annotated[
+            float, Range(ge=0, le=1), "weight of the image graph (mm_image_weight)"
+        ] = 0.1,
+        modality_weights: Annotated[
+            dict[str, Annotated[float, Range(ge=0, le=1)]] | None,
+            "per-modality weights, summing to 1 (overrides image_weight)",
+        ] = None,
+        pruning_ratio: Annotated[
+            float, Range(ge=0, lt=1), "share of train edges dropped each epoch"
+        ] = 0.8,
+        modality_weight: Annotated[
+            float, Range(ge=0), "weight of the per-modality BPR terms"
+        ] = 1e-3,
+        train_feature_tables: Annotated[
+            bool, "fine-tune the raw feature tables (reference)"
+        ] = True,
     ) -> FREEDOM:
         """Build the bipartite graph and the frozen item-item graph from `dataset`.
 

@@ -8,10 +8,12 @@ the paper's lambda = 1e-4 and L = 3 are the defaults).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
-from rearm.models.base import ProgressFn, Recommender
+from rearm.models.base import ProgressFn, Range, Recommender
 from rearm.models.layers import bpr_loss, normal_embedding, propagate
 from rearm.models.mf import batch_l2
 
@@ -86,9 +88,13 @@ class LightGCN(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        num_layers: int = 3,
-        reg_weight: float = 1e-4,
+        embedding_dim: Annotated[int, Range(ge=1), "size of the user and item embeddings"] = 64,
+        num_layers: Annotated[
+            int, Range(ge=0, le=64), "propagation layers (their mean is the representation)"
+        ] = 3,
+        reg_weight: Annotated[
+            float, Range(ge=0), "weight of the L2 term on the ego embeddings"
+        ] = 1e-4,
     ) -> LightGCN:
         """Build the normalised bipartite graph of `dataset.train` (no modality needed)."""
         from rearm.graphs import bipartite_graph

@@ -100,10 +100,10 @@ class MF(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        reg_weight: float = 0.1,
-        init_std: Annotated[float, Range(gt=0)] = 0.01,
-        item_bias: bool = False,
+        embedding_dim: Annotated[int, Range(ge=1), "size of the user and item embeddings"] = 64,
+        reg_weight: Annotated[float, Range(ge=0), "weight of the L2 term on the batch rows"] = 0.1,
+        init_std: Annotated[float, Range(gt=0), "std of the N(0, std^2) initialisation"] = 0.01,
+        item_bias: Annotated[bool, "add a learned item bias b_i to the score"] = False,
     ) -> MF:
         """MF needs no graph and no modality; `dataset` only gives the table sizes."""
         return cls(

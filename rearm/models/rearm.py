@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rearm.models.base import ProgressFn, Recommender
+from rearm.models.base import ProgressFn, Range, Recommender, check_weights
 from rearm.models.layers import (
     MetaNetwork,
     ModalityAttention,
@@ -329,6 +329,24 @@ class REARM(Recommender):
 
     # ----------------------------------------------------------------------------------------
     @classmethod
+    def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:
+        """Relations between keys: the two single-graph ablations exclude each other, the
+        meta-network's rank is at most embedding_dim, and explicit modality weights sum to 1
+        (their names are checked against the data later)."""
+        from rearm.errors import ConfigError
+
+        if hyperparameters["cooccurrence_only"] and hyperparameters["semantic_only"]:
+            raise ConfigError(f"{where}: cooccurrence_only and semantic_only exclude each other")
+        if hyperparameters["rank"] > hyperparameters["embedding_dim"]:
+            raise ConfigError(
+                f"{where}: rank must be <= embedding_dim (a low-rank transform), got rank "
+                f"{hyperparameters['rank']} > embedding_dim {hyperparameters['embedding_dim']}"
+            )
+        for side in ("user", "item"):
+            key = f"{side}_modality_weights"
+            check_weights(hyperparameters[key], f"{where}: {key}")
+
+    @classmethod
     def graph_arguments(cls, dataset, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """The `build_graphs` keywords (all but seed / cache / progress) that REARM's
         hyperparameters ask for on `dataset`; ablations that drop a homograph leave its graphs
@@ -387,38 +405,90 @@ class REARM(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        num_layers: int = 4,
-        user_homograph_layers: int = 1,
-        item_homograph_layers: int = 1,
-        rank: int = 3,
-        self_attention_dropout: float = 0.4,
-        cross_attention_dropout: float = 0.6,
-        contrastive_temperature: float = 0.6,
-        contrastive_weight: float = 5e-6,
-        orthogonal_weight: float = 5e-5,
-        user_knn_k: int = 40,
-        item_knn_k: int = 10,
-        user_image_weight: float = 0.2,
-        item_image_weight: float = 0.0,
-        user_modality_weights: dict[str, float] | None = None,
-        item_modality_weights: dict[str, float] | None = None,
-        user_cooccurrence_weight: float = 0.4,
-        item_cooccurrence_weight: float = 0.2,
-        cooccurrence_weighting: Literal["softmax", "normalized"] = "softmax",
-        cooccurrence_pad: Literal["resample", "none"] = "resample",
-        knn_method: Literal["exact", "faiss"] = "exact",
-        train_feature_tables: bool = True,
-        detach_knowledge: bool = True,
-        no_homographs: bool = False,
-        no_user_graph: bool = False,
-        no_item_graph: bool = False,
-        cooccurrence_only: bool = False,
-        semantic_only: bool = False,
-        no_attention: bool = False,
-        no_meta: bool = False,
-        no_contrastive: bool = False,
-        no_orthogonal: bool = False,
+        embedding_dim: Annotated[
+            int, Range(ge=1), "size of every ID embedding and modality view"
+        ] = 64,
+        num_layers: Annotated[
+            int, Range(ge=0, le=64), "LightGCN layers on the user-item graph [num_layer]"
+        ] = 4,
+        user_homograph_layers: Annotated[
+            int, Range(ge=0, le=64), "propagation layers on the user homograph [n_uu_layers]"
+        ] = 1,
+        item_homograph_layers: Annotated[
+            int, Range(ge=0, le=64), "propagation layers on the item homograph [n_ii_layers]"
+        ] = 1,
+        rank: Annotated[int, Range(ge=1), "rank of the meta-network transform"] = 3,
+        self_attention_dropout: Annotated[
+            float, Range(ge=0, le=1), "dropout on self-attention weights [s_drop]"
+        ] = 0.4,
+        cross_attention_dropout: Annotated[
+            float, Range(ge=0, le=1), "dropout on cross-attention weights [m_drop]"
+        ] = 0.6,
+        contrastive_temperature: Annotated[
+            float, Range(gt=0), "InfoNCE temperature [cl_tmp]"
+        ] = 0.6,
+        contrastive_weight: Annotated[
+            float, Range(ge=0), "weight of the contrastive term [cl_loss]"
+        ] = 5e-6,
+        orthogonal_weight: Annotated[
+            float, Range(ge=0), "weight of the orthogonality term [diff_loss_weight]"
+        ] = 5e-5,
+        user_knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per user in the user graphs"
+        ] = 40,
+        item_knn_k: Annotated[
+            int, Range(ge=1, le=10_000), "neighbours per item in the item graphs"
+        ] = 10,
+        user_image_weight: Annotated[
+            float,
+            Range(ge=0, le=1),
+            "weight of the image modality in the user interest graph [u_mm_image_weight]",
+        ] = 0.2,
+        item_image_weight: Annotated[
+            float,
+            Range(ge=0, le=1),
+            "weight of the image modality in the item semantic graph [i_mm_image_weight]",
+        ] = 0.0,
+        user_modality_weights: Annotated[
+            dict[str, Annotated[float, Range(ge=0, le=1)]] | None,
+            "per-modality weights of the user graph, summing to 1 (overrides user_image_weight)",
+        ] = None,
+        item_modality_weights: Annotated[
+            dict[str, Annotated[float, Range(ge=0, le=1)]] | None,
+            "per-modality weights of the item graph, summing to 1 (overrides item_image_weight)",
+        ] = None,
+        user_cooccurrence_weight: Annotated[
+            float, Range(ge=0, le=1), "share of co-occurrence in the user homograph [uu_co_weight]"
+        ] = 0.4,
+        item_cooccurrence_weight: Annotated[
+            float, Range(ge=0, le=1), "share of co-occurrence in the item homograph [ii_co_weight]"
+        ] = 0.2,
+        cooccurrence_weighting: Annotated[
+            Literal["softmax", "normalized"],
+            "co-occurrence values: softmax of counts (reference) or counts / row sum",
+        ] = "softmax",
+        cooccurrence_pad: Annotated[
+            Literal["resample", "none"],
+            "pad short co-occurrence rows by resampling (reference) or not",
+        ] = "resample",
+        knn_method: Annotated[
+            Literal["exact", "faiss"], "kNN search: exact or faiss IVF"
+        ] = "exact",
+        train_feature_tables: Annotated[
+            bool, "fine-tune the raw feature tables (reference)"
+        ] = True,
+        detach_knowledge: Annotated[
+            bool, "no gradient into the meta knowledge Linear (reference)"
+        ] = True,
+        no_homographs: Annotated[bool, "ablation: no homograph propagation"] = False,
+        no_user_graph: Annotated[bool, "ablation: no user homograph"] = False,
+        no_item_graph: Annotated[bool, "ablation: no item homograph"] = False,
+        cooccurrence_only: Annotated[bool, "ablation: homograph = co-occurrence graph"] = False,
+        semantic_only: Annotated[bool, "ablation: homograph = similarity graph"] = False,
+        no_attention: Annotated[bool, "ablation: no item attention"] = False,
+        no_meta: Annotated[bool, "ablation: no meta-network block"] = False,
+        no_contrastive: Annotated[bool, "ablation: no contrastive term"] = False,
+        no_orthogonal: Annotated[bool, "ablation: no orthogonality term"] = False,
     ) -> REARM:
         """Build the graphs REARM needs from `dataset` and construct the model.
 

@@ -135,10 +135,12 @@ class VBPR(Recommender):
         graph_cache=None,
         seed: int = 2025,
         progress: ProgressFn | None = None,
-        embedding_dim: int = 64,
-        content_dim: int = 64,
-        reg_weight: float = 1e-4,
-        init_std: Annotated[float, Range(gt=0)] = 0.01,
+        embedding_dim: Annotated[int, Range(ge=1), "size of the latent factors gamma"] = 64,
+        content_dim: Annotated[
+            int, Range(ge=1), "size of theta_u and of the projection E f_i"
+        ] = 64,
+        reg_weight: Annotated[float, Range(ge=0), "weight of the L2 term on the batch rows"] = 1e-4,
+        init_std: Annotated[float, Range(gt=0), "std of the N(0, std^2) initialisation"] = 0.01,
     ) -> VBPR:
         """Concatenate `dataset.features` (all modalities, data set order) into f_i."""
         return cls(

@@ -23,6 +23,7 @@ from rearm.data.sampling import NegativeSampler, epoch_triples
 from rearm.errors import ConfigError
 from rearm.evaluation.protocol import Protocol
 from rearm.models.base import Recommender
+from rearm.training.guards import DivergenceError, DivergenceGuard, stop_point
 
 
 def seed_everything(seed: int) -> None:
@@ -120,6 +121,7 @@ class TrainStep:
         self.graph_error: str | None = None
         self.names: list[str] | None = None
         self.totals: Tensor | None = None
+        self.last_values: Tensor | None = None
         self.steps = 0
         self._eager_steps = 0
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
@@ -134,7 +136,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         values.sum().backward()
         self.optimizer.step()
-        self.totals += values.detach()
+        # the step's terms, for the divergence guard (inside a CUDA graph: a static output that
+        # every replay rewrites)
+        self.last_values = values.detach()
+        self.totals += self.last_values
 
     def __call__(self, users: Tensor, pos: Tensor, neg: Tensor) -> None:
         self.steps += 1
@@ -215,6 +220,7 @@ class FitResult:
     interrupted: bool = False
     stopped_early: bool = False
     cuda_graph: bool = False  # whether the training step ran as a captured CUDA graph
+    diverged: dict | None = None  # {epoch, step, term} of the first non-finite value
 
 
 class Progress:
@@ -303,7 +309,9 @@ def fit(
 
     After return the model holds the parameters of the best validation epoch (test metrics are
     the caller's to compute, once, from that state). Ctrl-C stops after the current batch and
-    returns normally with `interrupted=True`.
+    returns normally with `interrupted=True` (so do SIGINT / SIGTERM inside
+    `rearm.training.guards.stop_signals()`); a non-finite loss term or gradient stops at once and
+    returns with `diverged` = {epoch, step, term}.
     """
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
@@ -319,11 +327,13 @@ def fit(
     sampler = NegativeSampler(protocol.negative_exclusion_matrix(dataset), seed=seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
+    guard = DivergenceGuard(parameters)
 
     best_value, best_epoch, best_valid, best_state = -math.inf, 0, {}, None
     history: list[EpochRecord] = []
     interrupted = stopped_early = False
     evaluations_since_best = 0
+    diverged = None
     epoch = 0
     try:
         for epoch in range(1, epochs + 1):
@@ -338,9 +348,12 @@ def fit(
             for batch in range(num_batches):
                 part = slice(batch * batch_size, (batch + 1) * batch_size)
                 step(users[part], pos[part], neg[part])
+                guard.after_step(epoch, batch + 1, step.names, step.last_values)
                 if progress.due():  # the only read of the losses inside an epoch
                     running = sum(step.mean_terms().values())
                     progress.update(f"epoch {epoch} [{batch + 1}/{num_batches}] loss {running:.4f}")
+                stop_point()
+            guard.end_epoch()
             losses = step.mean_terms()
             train_s = time.perf_counter() - start
             evaluate = epoch % eval_every == 0 or epoch == epochs
@@ -382,9 +395,14 @@ def fit(
                 unit = "epochs" if eval_every == 1 else f"validations (every {eval_every} epochs)"
                 progress.line(f"early stop: no {selection_metric} gain in {patience} {unit}")
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         interrupted = True
-        progress.line(f"interrupted in epoch {epoch}; keeping the best epoch ({best_epoch})")
+        progress.line(
+            f"interrupted ({stop or 'SIGINT'}) in epoch {epoch}; keeping the best epoch ({best_epoch})"
+        )
+    except DivergenceError as error:
+        diverged = error.where
+        progress.line(f"{error}; stopped, keeping the best epoch ({best_epoch})")
     if step.graph_error is not None:
         progress.line(f"CUDA graph capture failed, trained eagerly ({step.graph_error})")
     if step.use_graph:
@@ -400,4 +418,5 @@ def fit(
         interrupted=interrupted,
         stopped_early=stopped_early,
         cuda_graph=step.graph is not None,
+        diverged=diverged,
     )
