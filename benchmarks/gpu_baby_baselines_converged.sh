@@ -8,7 +8,9 @@
 # Each model trains with early stopping on valid Recall@20 (patience 20) and an epoch cap; a run
 # still going after LIMIT_S seconds gets SIGINT, which the trainer answers by keeping its best
 # epoch so far, so every model reports a number; the summary says which runs converged
-# (stopped_early) and which were capped (interrupted or epoch cap reached).
+# (stopped_early) and which were capped (interrupted or epoch cap reached). A SIGINT that lands
+# while a run still loads its data or already writes its final evaluation loses that model's row
+# ("error" in the summary): raise LIMIT_S. Expected on one H200: about LIMIT_S + 30 s in all.
 # Output under $OUT: results_<model>.json (the run's results.json), metrics_<model>.jsonl (per-epoch
 # losses and valid metrics), log_<model>.txt and summary.json (one row per model).
 #
