@@ -75,8 +75,9 @@ def concurrency_phase(args, counts: list[int], workdir: Path) -> dict:
             str(go),
         ]
         command += ["--smoke"] if args.smoke else ["--data", args.data]
-        if args.threads_per_run:
-            command += ["--threads", str(args.threads_per_run)]
+        # the cores are shared too: each run gets its part unless told otherwise
+        threads = args.threads_per_run or max(1, (os.cpu_count() or 1) // count)
+        command += ["--threads", str(threads)]
         processes = []
         for k in range(count):
             ready = folder / f"ready_{k}"
@@ -179,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps timed per epoch (default: all)")
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--concurrency-steps", type=int, default=20)
-    parser.add_argument("--threads-per-run", type=int, help="CPU threads of each concurrent run")
+    parser.add_argument(
+        "--threads-per-run",
+        type=int,
+        help="CPU threads of each concurrent run (default cores / runs)",
+    )
     parser.add_argument("--budget-epochs", type=int, default=8)
     parser.add_argument("--time-budget", type=float, default=280.0, help="seconds for all phases")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic data on the CPU")
