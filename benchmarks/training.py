@@ -76,7 +76,25 @@ def make_step(model, config):
         precision=training.get("precision", "fp32"),
         cuda_graph=training.get("cuda_graph", True),
     )
-    return step, step.mean_terms, lambda: step.graph is not None
+    try:
+        from rearm.training.guards import DivergenceGuard
+    except ImportError:  # a checkout from before the divergence guard
+        return step, step.mean_terms, lambda: step.graph is not None
+    # what fit() runs per step: the step, then the divergence guard's device-side check
+    checked = getattr(model, "gradient_checked_parameters", lambda: parameters)()
+    guard = DivergenceGuard(checked)
+
+    def guarded_step(users, pos, neg):
+        step(users, pos, neg)
+        guard.after_step(0, step.steps, step.names, step.last_values)
+
+    guarded_step.reset = step.reset
+
+    def read_losses():
+        guard.end_epoch()
+        return step.mean_terms()
+
+    return guarded_step, read_losses, lambda: step.graph is not None
 
 
 def time_epoch(model, dataset, config, steps: int | None, epochs: int = 1, warmup: int = 5) -> dict:

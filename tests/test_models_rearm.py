@@ -482,3 +482,34 @@ def test_constructor_and_from_dataset_defaults_agree():
     assert len(switches) == 4
     for name in switches:  # use_X=True in the constructor is no_X=False in the config
         assert init[name].default is True and hyper[f"no_{name[4:]}"][1] is False, name
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_divergence_guard_skips_tables_because_their_projection_catches_them(bad):
+    """The guard checks every gradient but the feature tables'; a non-finite gradient reaching a
+    table through its projection's output makes that projection's (checked) gradient non-finite."""
+    model = make_model().train()
+    checked = {id(p) for p in model.gradient_checked_parameters()}
+    tables = list(model.item_tables) + list(model.user_tables)
+    assert not any(id(p) in checked for p in tables)
+    assert all(
+        id(p) in checked
+        for p in model.parameters()
+        if p.requires_grad and all(p is not t for t in tables)
+    )
+
+    projection = model.item_projections[0]
+
+    def poison(module, inputs, output):
+        def hook(grad):
+            grad = grad.clone()
+            grad[3, 5] = bad
+            return grad
+
+        output.register_hook(hook)
+
+    handle = projection.register_forward_hook(poison)
+    sum(model.loss(*BATCH).values()).backward()
+    handle.remove()
+    assert not torch.isfinite(model.item_tables[0].grad).all()
+    assert not torch.isfinite(projection.weight.grad).all()

@@ -72,6 +72,12 @@ class Recommender(nn.Module):
         """Remarks a run records in results.json (e.g. a reproduced quirk in effect)."""
         return []
 
+    def gradient_checked_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters whose gradients the divergence guard checks after each step
+        (rearm.training.guards). All of them by default; a model may leave out a parameter whose
+        gradient is finite whenever the checked ones are, to save a pass over a large gradient."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     @classmethod
     def from_dataset(cls, dataset: Any, **kwargs: Any) -> Recommender:
         raise NotImplementedError

@@ -327,7 +327,7 @@ def fit(
     sampler = NegativeSampler(protocol.negative_exclusion_matrix(dataset), seed=seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    guard = DivergenceGuard(parameters)
+    guard = DivergenceGuard(model.gradient_checked_parameters())
 
     best_value, best_epoch, best_valid, best_state = -math.inf, 0, {}, None
     history: list[EpochRecord] = []
