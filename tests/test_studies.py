@@ -365,3 +365,14 @@ def test_ray_executor_on_a_local_two_cpu_instance(data_dir, tmp_path):
     assert record["counts"] == {"complete": 2}
     # the same study resumes with the local executor: nothing left to train
     assert "2 complete, 0 to run" in _study(args[:4]).stderr
+
+
+def test_default_jobs_follow_the_measured_gpu_concurrency():
+    import torch
+
+    from rearm.studies.engine import GPU_JOBS_PER_DEVICE, default_jobs
+
+    assert default_jobs(["cpu"]) == 1
+    assert default_jobs(["cuda:0"]) == GPU_JOBS_PER_DEVICE == 4
+    assert default_jobs(["cuda:0", "cuda:1"]) == 8
+    assert default_jobs(["auto"]) == (4 if torch.cuda.is_available() else 1)

@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one key in every run (as in rearm train)",
     )
-    run.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once (default: 4 per GPU, 1 on the CPU; see rearm.studies.engine)",
+    )
     run.add_argument("--threads", type=int, help="threads per run (default: cores // jobs)")
     run.add_argument("--device", help="auto, cpu or cuda[:N] for every run (default auto)")
     run.add_argument("--devices", help="comma-separated devices spread over the jobs")
