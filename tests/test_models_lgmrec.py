@@ -168,6 +168,7 @@ def test_training_noise_follows_the_generator():
 
 def test_beats_popularity_on_the_synthetic_default(tmp_path):
     test, popularity = synthetic_run_against_popularity("lgmrec", tmp_path / "run")
-    # observed with seed 2025: popularity 0.084, LGMRec MEASURED (test Recall@20)
+    # observed with seed 2025: popularity 0.084, LGMRec 0.293 (test Recall@20; valid 0.219 after
+    # epoch 1)
     print(f"lgmrec test Recall@20 {test['Recall@20']:.4f} vs popularity {popularity:.4f}")
     assert test["Recall@20"] > popularity + 0.15

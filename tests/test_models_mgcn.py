@@ -156,6 +156,6 @@ def test_zero_weights_drop_terms_and_one_modality_works():
 
 def test_beats_popularity_on_the_synthetic_default(tmp_path):
     test, popularity = synthetic_run_against_popularity("mgcn", tmp_path / "run")
-    # observed with seed 2025: popularity 0.084, MGCN MEASURED (test Recall@20)
+    # observed with seed 2025: popularity 0.084, MGCN 0.320 (test Recall@20, best epoch 6 of 6)
     print(f"mgcn test Recall@20 {test['Recall@20']:.4f} vs popularity {popularity:.4f}")
     assert test["Recall@20"] > popularity + 0.15
