@@ -375,7 +375,8 @@ def test_default_jobs_follow_the_measured_gpu_concurrency():
 
     from rearm.studies.engine import GPU_JOBS_PER_DEVICE, default_jobs
 
-    assert default_jobs(["cpu"]) == 1
+    on_cpu = min(2, os.cpu_count() or 1)
+    assert default_jobs(["cpu"]) == on_cpu
     assert default_jobs(["cuda:0"]) == GPU_JOBS_PER_DEVICE == 4
     assert default_jobs(["cuda:0", "cuda:1"]) == 8
-    assert default_jobs(["auto"]) == (4 if torch.cuda.is_available() else 1)
+    assert default_jobs(["auto"]) == (4 if torch.cuda.is_available() else on_cpu)

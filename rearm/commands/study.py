@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--jobs",
         type=int,
-        help="runs at once (default: 4 per GPU, 1 on the CPU; see rearm.studies.engine)",
+        help="runs at once (default: 4 per GPU, 2 on the CPU; see rearm.studies.engine)",
     )
     run.add_argument("--threads", type=int, help="threads per run (default: cores // jobs)")
     run.add_argument("--device", help="auto, cpu or cuda[:N] for every run (default auto)")

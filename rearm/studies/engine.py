@@ -148,24 +148,29 @@ def prepare_study_dir(out: Path) -> None:
     (out / "logs").mkdir(exist_ok=True)
 
 
-# Runs per GPU when --jobs is not given. Measured on one H200 with REARM on Baby
-# (benchmarks/gpu_throughput.py, record benchmarks/results/h200_throughput_baby.json): aggregate
-# epochs per second 1.31 with one run, 2.41 with two, 2.96 with four, 4.18 with eight; four keeps
+# Runs at once when --jobs is not given, from measured aggregate throughput of REARM on Baby.
+# GPU (one H200, benchmarks/gpu_throughput.py, benchmarks/results/h200_throughput_baby.json):
+# 1.31 epochs per second with one run, 2.41 with two, 2.96 with four, 4.18 with eight; four keeps
 # each run within about 2x of its solo speed while more than doubling the throughput.
+# CPU (2 cores, benchmarks/training.py, benchmarks/results/cpu2_quiet_training.json): two runs of
+# one thread each gave 1.19x the epochs per second of one run with two threads.
 GPU_JOBS_PER_DEVICE = 4
+CPU_JOBS = 2
 
 
 def default_jobs(devices: list[str]) -> int:
     """Cells at once when --jobs is not given: GPU_JOBS_PER_DEVICE per GPU among `devices`
-    ("auto" counts as a GPU where CUDA is available), else one (on a CPU a single run already
-    uses every core through its BLAS / OpenMP threads)."""
+    ("auto" counts as a GPU where CUDA is available), else CPU_JOBS (at most one per core), each
+    with cores // jobs threads."""
     gpus = [device for device in devices if device.startswith("cuda")]
     if "auto" in devices:
         import torch
 
         if torch.cuda.is_available():
             gpus.append("auto")
-    return max(1, GPU_JOBS_PER_DEVICE * len(gpus)) if gpus else 1
+    if gpus:
+        return GPU_JOBS_PER_DEVICE * len(gpus)
+    return max(1, min(CPU_JOBS, os.cpu_count() or 1))
 
 
 def run_study(
