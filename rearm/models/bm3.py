@@ -164,7 +164,7 @@ class BM3(Recommender):
         seed: int = 2025,
         progress: ProgressFn | None = None,
         embedding_dim: Annotated[int, Range(ge=1)] = 64,
-        num_layers: Annotated[int, Range(ge=0)] = 1,
+        num_layers: Annotated[int, Range(ge=0, le=64)] = 1,
         dropout: Annotated[float, Range(ge=0, lt=1)] = 0.5,
         reg_weight: Annotated[float, Range(ge=0)] = 0.1,
         alignment_weight: Annotated[float, Range(ge=0)] = 2.0,
