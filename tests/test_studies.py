@@ -319,7 +319,8 @@ def test_ctrl_c_stops_cells_and_leaves_a_resumable_study(data_dir, tmp_path):
         )
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "rearm.cli", "study", "run", str(spec), "--out", str(out)],
+        [sys.executable, "-m", "rearm.cli", "study", "run", str(spec), "--out", str(out)]
+        + ["--jobs", "1"],
         stderr=subprocess.PIPE,
         text=True,
     )
