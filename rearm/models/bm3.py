@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rearm.models.base import ProgressFn, Range, Recommender
-from rearm.models.layers import propagate, xavier_linear
+from rearm.models.layers import feature_tables, propagate, xavier_linear
 
 
 def negative_cosine(online: Tensor, target: Tensor) -> Tensor:
@@ -101,13 +101,7 @@ class BM3(Recommender):
         self.item_embedding = nn.Embedding(self.num_items, embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.feature_tables = nn.ParameterList(
-            nn.Parameter(
-                torch.as_tensor(item_features[m], dtype=torch.float32).clone(),
-                requires_grad=train_feature_tables,
-            )
-            for m in self.modalities
-        )
+        self.feature_tables = feature_tables(item_features, self.modalities, train_feature_tables)
         self.projections = nn.ModuleList(
             xavier_linear(table.shape[1], embedding_dim) for table in self.feature_tables
         )

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from rearm.models.base import ProgressFn, Range, Recommender, check_weights
-from rearm.models.layers import bpr_loss, propagate
+from rearm.models.layers import bpr_loss, feature_tables, propagate
 
 # Bump when the item-item graph recipe below changes, so cached graphs are rebuilt.
 ITEM_GRAPH_VERSION = 1
@@ -105,13 +105,7 @@ class FREEDOM(Recommender):
         # the reference initialises both ID tables with Xavier-uniform
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.feature_tables = nn.ParameterList(
-            nn.Parameter(
-                torch.as_tensor(item_features[m], dtype=torch.float32).clone(),
-                requires_grad=train_feature_tables,
-            )
-            for m in self.modalities
-        )
+        self.feature_tables = feature_tables(item_features, self.modalities, train_feature_tables)
         # No bias: a bias b adds <u, b> to the positive and the negative score alike, so it
         # cancels in the BPR difference and never receives a gradient (the reference has one).
         self.projections = nn.ModuleList(

@@ -3,6 +3,8 @@ meta-network and the loss terms. Models compose these; none of them knows about 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -344,6 +346,19 @@ class TableProjection(nn.Module):
         return F.linear(table, self.weight, self.bias)
 
 
+def feature_tables(
+    features: Mapping[str, Tensor], modalities: list[str], trainable: bool
+) -> nn.ParameterList:
+    """One float32 Parameter per modality, copied from `features[m]` in `modalities` order,
+    trained (fine-tuned) when `trainable`, else frozen (no gradient)."""
+    return nn.ParameterList(
+        nn.Parameter(
+            torch.as_tensor(features[m], dtype=torch.float32).clone(), requires_grad=trainable
+        )
+        for m in modalities
+    )
+
+
 def xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
     layer = nn.Linear(in_dim, out_dim)
     nn.init.xavier_normal_(layer.weight)
@@ -364,6 +379,7 @@ __all__ = [
     "ScalarTokenAttention",
     "TableProjection",
     "bpr_loss",
+    "feature_tables",
     "first_occurrence",
     "info_nce",
     "normal_embedding",

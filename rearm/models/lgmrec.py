@@ -64,6 +64,7 @@ from rearm.models.base import ProgressFn, Range, Recommender
 from rearm.models.layers import (
     TableProjection,
     bpr_loss,
+    feature_tables,
     info_nce,
     propagate,
     sparse_transpose,
@@ -164,13 +165,7 @@ class LGMRec(Recommender):
         self.item_embedding = nn.Embedding(self.num_items, embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.feature_tables = nn.ParameterList(
-            nn.Parameter(
-                torch.as_tensor(item_features[m], dtype=torch.float32).clone(),
-                requires_grad=train_feature_tables,
-            )
-            for m in self.modalities
-        )
+        self.feature_tables = feature_tables(item_features, self.modalities, train_feature_tables)
         # [W_m | V_m] in one product, so each (large) table is read once per step
         self.projections = nn.ModuleList(
             TableProjection(table.shape[1], embedding_dim + hyperedges, bias=False)

@@ -27,6 +27,7 @@ from rearm.models.layers import (
     ModalityAttention,
     TableProjection,
     bpr_loss,
+    feature_tables,
     first_occurrence,
     info_nce,
     normal_embedding,
@@ -124,20 +125,8 @@ class REARM(Recommender):
 
         self.user_id = normal_embedding(self.num_users, embedding_dim)
         self.item_id = normal_embedding(self.num_items, embedding_dim)
-        self.item_tables = nn.ParameterList(
-            nn.Parameter(
-                torch.as_tensor(item_features[m], dtype=torch.float32).clone(),
-                requires_grad=train_feature_tables,
-            )
-            for m in self.modalities
-        )
-        self.user_tables = nn.ParameterList(
-            nn.Parameter(
-                torch.as_tensor(user_features[m], dtype=torch.float32).clone(),
-                requires_grad=train_feature_tables,
-            )
-            for m in self.modalities
-        )
+        self.item_tables = feature_tables(item_features, self.modalities, train_feature_tables)
+        self.user_tables = feature_tables(user_features, self.modalities, train_feature_tables)
         self.item_projections = nn.ModuleList(
             TableProjection(table.shape[1], embedding_dim) for table in self.item_tables
         )
