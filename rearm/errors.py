@@ -23,3 +23,11 @@ class UnknownUserError(RearmError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownItemError(RearmError, KeyError):
+    """An item id asked for (an exclusion, a similar-items query, a new user's items) is not in
+    the model's id map."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -122,6 +122,25 @@ def test_recommend_unknown_user_is_a_clear_error(trained, run_cli):
     assert code == 2 and "unknown user id '99999'" in err and "Traceback" not in err
 
 
+def test_recommend_exclude_leaves_out_the_given_items(trained, run_cli):
+    code, out, _ = run_cli("recommend", trained, "--users", "3", "-k", "5", "--json")
+    assert code == 0
+    first = json.loads(out)["recommendations"][0]["items"]
+    dropped = [str(first[0]), str(first[2])]
+    code, out, _ = run_cli(
+        "recommend", trained, "--users", "3", "-k", "5", "--json", "--exclude", ",".join(dropped)
+    )
+    assert code == 0
+    again = json.loads(out)["recommendations"][0]["items"]
+    assert [i for i in first if str(i) not in dropped] == again[:3] and len(again) == 5
+    assert not {str(i) for i in again} & set(dropped)
+
+
+def test_recommend_unknown_excluded_item_is_a_clear_error(trained, run_cli):
+    code, _, err = run_cli("recommend", trained, "--users", "3", "--exclude", "123456")
+    assert code == 2 and "unknown item id '123456'" in err and "Traceback" not in err
+
+
 def test_evaluate_missing_run_is_a_clear_error(tmp_path, run_cli):
     code, _, err = run_cli("evaluate", tmp_path / "nope")
     assert code == 2 and "run directory not found" in err

@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recommend.add_argument("run_dir")
     recommend.add_argument("--users", required=True, help="comma-separated user ids")
     recommend.add_argument("-k", type=int, default=20)
+    recommend.add_argument(
+        "--exclude", default="", help="comma-separated item ids never to recommend (besides seen)"
+    )
     recommend.add_argument("--json", action="store_true", help="print one JSON object")
     recommend.set_defaults(handler=_recommend)
 
@@ -127,7 +130,8 @@ def _recommend(args: argparse.Namespace) -> int:
         raise RunError("--users: give at least one user id")
     _check_state(args.run_dir)
     bundle = load_bundle(args.run_dir)
-    recommendations = bundle.recommend(users, args.k)
+    exclude = [i.strip() for i in args.exclude.split(",") if i.strip()]
+    recommendations = bundle.recommend(users, args.k, exclude=exclude)
     if args.json:
         print(json.dumps({"k": args.k, "recommendations": recommendations}))
     else:

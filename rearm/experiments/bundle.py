@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from rearm.data.dataset import SPLITS
-from rearm.errors import RunError, UnknownUserError
+from rearm.errors import RunError, UnknownItemError, UnknownUserError
 from rearm.io import atomic_open, file_sha256, write_json
 
 BUNDLE_VERSION = 1
@@ -79,49 +79,86 @@ class Bundle:
         )
 
     def user_index(self, external: list[str]) -> np.ndarray:
-        """Map external user ids (strings as typed by a person) to indices."""
-        if self.user_ids is None:
-            lookup = {str(i): i for i in range(self.num_users)}
-        else:
-            lookup = {str(uid): i for i, uid in enumerate(self.user_ids)}
-        missing = [uid for uid in external if uid not in lookup]
-        if missing:
-            raise UnknownUserError(
-                f"unknown user id {missing[0]!r}: the model knows {self.num_users} users "
-                + (
-                    f"(ids 0..{self.num_users - 1})"
-                    if self.user_ids is None
-                    else f"(e.g. {', '.join(map(str, self.user_ids[:3]))})"
-                )
-            )
-        return np.array([lookup[uid] for uid in external], dtype=np.int64)
+        """Map external user ids (strings as typed by a person) to indices; UnknownUserError."""
+        return _lookup(external, self.user_ids, self.num_users, "user", UnknownUserError)
 
-    def recommend(self, external_users: list[str], k: int = 20) -> list[dict[str, Any]]:
-        """Top-k items per user, the user's train items excluded; ids in the data's own ids.
-        Ties are broken by lower item index, as in evaluation."""
+    def item_index(self, external: list[str]) -> np.ndarray:
+        """Map external item ids (strings as typed by a person) to indices; UnknownItemError."""
+        return _lookup(external, self.item_ids, self.num_items, "item", UnknownItemError)
+
+    def external_items(self, index) -> list:
+        """Item indices -> the data's own item ids (the indices themselves when it has none)."""
+        if self.item_ids is None:
+            return [int(i) for i in index]
+        return [self.item_ids[i] for i in index]
+
+    def recommend(
+        self, external_users: list[str], k: int = 20, exclude: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Top-k items per user, the user's train items and the `exclude` item ids left out; ids
+        in the data's own ids. Ties are broken by lower item index, as in evaluation."""
+        index = self.user_index(external_users)
+        train = self.interactions["train"][index]
+        return [
+            {"user": user, **entry}
+            for user, entry in zip(
+                external_users,
+                self.top_k(
+                    self.user_repr[index],
+                    k,
+                    seen=train,
+                    exclude=None if not exclude else self.item_index(exclude),
+                ),
+            )
+        ]
+
+    def top_k(
+        self,
+        user_vectors: np.ndarray,
+        k: int,
+        seen: sp.csr_matrix | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> list[dict[str, list]]:
+        """Top-k items for each row of `user_vectors` [n, D] by inner product with the item
+        table, leaving out each row's `seen` items (a CSR matrix [n, num_items]) and the item
+        indices `exclude` for every row: [{"items": [...ids], "scores": [...]}, ...]."""
         if k < 1:
             raise RunError(f"-k must be >= 1, got {k}")
-        index = self.user_index(external_users)
-        scores = self.user_repr[index] @ self.item_repr.T
-        train = self.interactions["train"][index]
-        rows = np.repeat(np.arange(len(index)), np.diff(train.indptr))
-        scores[rows, train.indices] = -np.inf
+        scores = np.asarray(user_vectors, dtype=np.float32) @ self.item_repr.T
+        if seen is not None:
+            rows = np.repeat(np.arange(scores.shape[0]), np.diff(seen.indptr))
+            scores[rows, seen.indices] = -np.inf
+        if exclude is not None and len(exclude):
+            scores[:, exclude] = -np.inf
         k = min(k, self.num_items)
         # stable sort of negated scores: equal scores keep ascending item order
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         out = []
-        for row, user in enumerate(external_users):
+        for row in range(scores.shape[0]):
             items = order[row][np.isfinite(scores[row, order[row]])]
             out.append(
                 {
-                    "user": user,
-                    "items": [
-                        self.item_ids[i] if self.item_ids is not None else int(i) for i in items
-                    ],
+                    "items": self.external_items(items),
                     "scores": [float(scores[row, i]) for i in items],
                 }
             )
         return out
+
+
+def _lookup(
+    external: list[str], ids: list | None, count: int, kind: str, error: type
+) -> np.ndarray:
+    if ids is None:
+        lookup = {str(i): i for i in range(count)}
+    else:
+        lookup = {str(x): i for i, x in enumerate(ids)}
+    missing = [x for x in external if str(x) not in lookup]
+    if missing:
+        raise error(
+            f"unknown {kind} id {missing[0]!r}: the model knows {count} {kind}s "
+            + (f"(ids 0..{count - 1})" if ids is None else f"(e.g. {', '.join(map(str, ids[:3]))})")
+        )
+    return np.array([lookup[str(x)] for x in external], dtype=np.int64)
 
 
 def save_bundle(
