@@ -16,7 +16,7 @@ from test_models_rearm import make_model
 from test_training_pinned import RECORD, assert_matches_record, pinned_run
 from test_training_run import _fit_small
 
-from rearm.models.layers import first_occurrence, info_nce
+from rearm.models.layers import first_occurrence, info_nce, normalize_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,24 @@ def test_first_occurrence_marks_one_position_per_value_the_first():
         expected.append(value not in seen)
         seen.add(value)
     assert first_occurrence(ids).tolist() == expected
+
+
+def test_normalize_rows_equals_f_normalize_in_value_and_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(50, 24, dtype=torch.float64)
+    x[7] = 0.0  # a zero row: clamped to eps, its gradient is g / eps
+    x[11] *= 1e-14  # a row below eps, nonzero
+    weights = torch.randn(50, 24, dtype=torch.float64)
+    results = []
+    for fn in (lambda v: torch.nn.functional.normalize(v, dim=1), normalize_rows):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        (out * weights).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    (value_a, grad_a), (value_b, grad_b) = results
+    torch.testing.assert_close(value_b, value_a, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=0)
+    assert torch.equal(grad_b[7], weights[7] / 1e-12)
 
 
 def test_masked_info_nce_equals_info_nce_on_the_kept_rows_with_gradients():

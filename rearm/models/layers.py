@@ -26,6 +26,34 @@ class _GraphProduct(torch.autograd.Function):
         return torch.sparse.mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
 
 
+class _RowNormalize(torch.autograd.Function):
+    """F.normalize(x, dim=1) with a fused backward: (g - y (g . y)) / max(|x|, eps) per row
+    (g / eps where |x| < eps). Autograd's backward of F.normalize takes a dozen passes over the
+    [n, d] tensors (div, neg, mul, sum, where, masked_fill, ...); this takes three."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:
+        raw = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        norm = raw.clamp_min(eps)
+        y = x / norm
+        ctx.save_for_backward(y, norm, raw < eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        y, norm, clamped = ctx.saved_tensors
+        dot = torch.linalg.vecdot(grad, y, dim=1).unsqueeze(1).masked_fill_(clamped, 0)
+        return torch.addcmul(grad, y, dot, value=-1).div_(norm), None
+
+
+def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """L2-normalise the rows of a 2-d x: equal to F.normalize(x, dim=1) in value and gradient,
+    with a cheaper backward (used over all nodes at every step)."""
+    if x.dim() != 2 or not x.requires_grad:
+        return F.normalize(x, dim=-1, eps=eps)
+    return _RowNormalize.apply(x, eps)
+
+
 def sparse_transpose(graph: Tensor) -> Tensor:
     """The transpose of a sparse matrix in the same layout (CSR stays CSR, coordinate stays coordinate)."""
     if graph.layout == torch.sparse_csr:
@@ -177,7 +205,7 @@ class LowRankMLP(nn.Module):
         self.second = nn.Linear(dim * rank, dim * rank)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.second(self.activation(self.first(x))), dim=-1)
+        return normalize_rows(self.second(self.activation(self.first(x))))
 
 
 class MetaNetwork(nn.Module):

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rearm.models.base import ProgressFn, Range, Recommender, check_weights
@@ -31,6 +30,7 @@ from rearm.models.layers import (
     first_occurrence,
     info_nce,
     normal_embedding,
+    normalize_rows,
     orthogonal_loss,
     propagate,
     sparse_transpose,
@@ -157,7 +157,7 @@ class REARM(Recommender):
         z = torch.cat([ids] + [proj(table) for proj, table in zip(projections, tables)], dim=1)
         if graph is not None and layers > 0:
             z = propagate(graph, z, layers, combine="last", transpose=transpose)
-        z = F.normalize(z, dim=1)
+        z = normalize_rows(z)
         parts = z.split(self.dim, dim=1)
         return parts[0], list(parts[1:])
 
