@@ -167,11 +167,11 @@ class Bundle:
         if exclude is not None and len(exclude):
             scores[:, exclude] = -np.inf
         scores[np.isnan(scores)] = -np.inf  # a NaN score is never recommended
-        index = _top_k_stable(scores, min(k, self.num_items))
+        index = stable_top_k(scores, min(k, self.num_items))
         return index, np.take_along_axis(scores, index, axis=1)
 
 
-def _top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+def stable_top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest entries of each row of `scores` [n, m] (no NaN), largest first,
     equal scores in ascending column order: the first k of a stable descending sort, without
     sorting whole rows."""
