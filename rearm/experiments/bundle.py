@@ -22,7 +22,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -112,7 +112,7 @@ class Bundle:
         """Top-k items per user, the user's train items and the `exclude` item ids left out; ids
         in the data's own ids. Ties are broken by lower item index, as in evaluation."""
         index = self.user_index(external_users)
-        train = self.interactions["train"][index]
+        train = csr_rows(self.interactions["train"], index)
         return [
             {"user": user, **entry}
             for user, entry in zip(
@@ -134,8 +134,9 @@ class Bundle:
         exclude: np.ndarray | None = None,
     ) -> list[dict[str, list]]:
         """Top-k items for each row of `user_vectors` [n, D] by inner product with the item
-        table, leaving out each row's `seen` items (a CSR matrix [n, num_items]) and the item
-        indices `exclude` for every row: [{"items": [...ids], "scores": [...]}, ...]."""
+        table, leaving out each row's `seen` items (a CSR matrix [n, num_items], or its
+        `csr_rows`) and the item indices `exclude` for every row:
+        [{"items": [...ids], "scores": [...]}, ...]."""
         index, scores = self.top_k_index(user_vectors, k, seen=seen, exclude=exclude)
         out = []
         for row_index, row_scores in zip(index, scores):
@@ -168,7 +169,25 @@ class Bundle:
             scores[:, exclude] = -np.inf
         scores[np.isnan(scores)] = -np.inf  # a NaN score is never recommended
         index = stable_top_k(scores, min(k, self.num_items))
-        return index, np.take_along_axis(scores, index, axis=1)
+        return index, scores[np.arange(len(index))[:, None], index]
+
+
+class CsrRows(NamedTuple):
+    """Rows of a CSR matrix as its two index arrays (what `top_k` reads of `seen`)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+
+def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> CsrRows:
+    """`matrix[rows]`'s indptr and indices, gathered with numpy alone: for the one or few rows
+    of a request this is about 5x faster than scipy's row indexing with its checks."""
+    starts, ends = matrix.indptr[rows], matrix.indptr[np.asarray(rows) + 1]
+    lengths = ends - starts
+    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    positions = np.arange(indptr[-1]) + np.repeat(starts - indptr[:-1], lengths)
+    return CsrRows(indptr, matrix.indices[positions])
 
 
 def stable_top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -182,7 +201,7 @@ def stable_top_k(scores: np.ndarray, k: int) -> np.ndarray:
     values, columns = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
     values, columns = values.numpy(), columns.numpy()
     order = np.lexsort((columns, -values), axis=1)
-    columns = np.take_along_axis(columns, order, axis=1)
+    columns = columns[np.arange(n)[:, None], order]
     # Among scores tied with the k-th largest, topk keeps an unspecified subset; rows where a
     # tied score was left out are ranked again by a stable full sort (lowest columns first).
     kth = values[:, -1:]

@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import numpy as np
 
 from rearm.errors import ConfigError, RunError
-from rearm.experiments.bundle import Bundle, load_bundle
+from rearm.experiments.bundle import Bundle, csr_rows, load_bundle
 from rearm.io import atomic_open, staged_folder
 from rearm.models.base import Range, check_type
 
@@ -80,7 +80,7 @@ def export_top_k(
         for start in range(0, len(index), chunk_users):
             chunk = index[start : start + chunk_users]
             items, scores = bundle.top_k_index(
-                bundle.user_repr[chunk], k, seen=bundle.split("train")[chunk]
+                bundle.user_repr[chunk], k, seen=csr_rows(bundle.split("train"), chunk)
             )
             rows += write(start, chunk, items, scores)
             if progress is not None:
