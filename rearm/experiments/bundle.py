@@ -21,6 +21,7 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,6 +126,41 @@ class Bundle:
                 ),
             )
         ]
+
+    @cached_property
+    def item_gram(self) -> np.ndarray:
+        """V^T V of the item table (float64 [D, D]), computed on first use for fold-in."""
+        from rearm.experiments.fold_in import item_gram
+
+        return item_gram(self.item_repr)
+
+    def fold_in(self, item_ids: list[str]) -> np.ndarray:
+        """A user vector [D] for a user the model has never seen, from the ids of the items that
+        user interacted with (repeats count once), by `rearm.experiments.fold_in.DEFAULT_FOLD_IN`
+        over the saved item table alone. RunError for an empty list, UnknownItemError for an
+        id the model does not know."""
+        from rearm.experiments.fold_in import DEFAULT_FOLD_IN, fold_in_users
+
+        if not item_ids:
+            raise RunError("items: give at least one item id to fold in a new user")
+        index = np.unique(self.item_index(item_ids))
+        history = sp.csr_matrix(
+            (np.ones(len(index), dtype=np.float32), index, [0, len(index)]),
+            shape=(1, self.num_items),
+        )
+        gram = self.item_gram if DEFAULT_FOLD_IN == "least_squares" else None
+        return fold_in_users(self.item_repr, history, DEFAULT_FOLD_IN, gram=gram)[0]
+
+    def recommend_from_items(
+        self, item_ids: list[str], k: int = 20, exclude: list[str] | None = None
+    ) -> dict[str, list]:
+        """Top-k items for a new user given only the items they interacted with (`fold_in`),
+        those items and the `exclude` ids left out: {"items": [...ids], "scores": [...]}."""
+        vector = self.fold_in(item_ids)
+        left_out = self.item_index(item_ids)
+        if exclude:
+            left_out = np.concatenate([left_out, self.item_index(exclude)])
+        return self.top_k(vector[None], k, exclude=np.unique(left_out))[0]
 
     def top_k(
         self,
