@@ -168,6 +168,31 @@ def test_similar_is_cosine_of_item_vectors(client, run_dir):
 
 
 @needs_serve
+def test_recommend_items_for_a_new_user_equals_the_cli(client, run_dir, run_cli):
+    history = [item_id(i) for i in (3, 17, 42)]
+    code, out, err = run_cli(
+        "recommend", run_dir, "--items", ",".join(history), "-k", 8, "--exclude", item_id(0),
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    cli = json.loads(out)
+    got = client.post(
+        "/recommend/items", json={"items": history, "k": 8, "exclude": [item_id(0)]}
+    ).json()
+    assert got == {"items": cli["items"], "scores": cli["scores"]}
+    assert len(got["items"]) == 8 and not set(history + [item_id(0)]) & set(got["items"])
+    assert "unknown item id 'i999'" in error_of(
+        client.post("/recommend/items", json={"items": [item_id(1), "i999"]}), 404
+    )
+    assert "items" in error_of(client.post("/recommend/items", json={"items": []}), 422)
+    nine = [item_id(i) for i in range(9)]
+    assert "limit of 8" in error_of(client.post("/recommend/items", json={"items": nine}), 413)
+    assert "limit of 30" in error_of(
+        client.post("/recommend/items", json={"items": history, "k": 31}), 413
+    )
+
+
+@needs_serve
 def test_errors_are_json_with_the_right_status(client):
     assert "unknown user id 'nobody'" in error_of(
         client.get("/recommend", params={"user": "nobody"}), 404
@@ -225,7 +250,9 @@ def test_openapi_docs(client):
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = client.get("/openapi.json").json()
-    assert {"/health", "/info", "/recommend", "/similar"} <= set(schema["paths"])
+    assert {"/health", "/info", "/recommend", "/similar", "/recommend/items"} <= set(
+        schema["paths"]
+    )
     assert {"get", "post"} <= set(schema["paths"]["/recommend"])
     assert "404" in schema["paths"]["/recommend"]["get"]["responses"]
 

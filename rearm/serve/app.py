@@ -205,24 +205,25 @@ def create_app(
         check_k(k)
         return JSONResponse(service.similar(item, k, exclude=split_ids(exclude or [])))
 
-    if hasattr(service.bundle, "recommend_from_items"):
-
-        @app.post(
-            "/recommend/items",
-            summary="top-k items for a user the model has never seen, from their items",
-            dependencies=protected,
-            responses=errors,
-            response_model=Ranked,
-        )
-        def recommend_items(request: Annotated[ItemsRequest, Body()]):
-            check_k(request.k)
-            if len(request.items) > max_batch:
-                raise HTTPException(
-                    413, f"items: {len(request.items)} is over this server's limit of {max_batch}"
-                )
-            items = [str(item) for item in request.items]
-            exclude = [str(item) for item in request.exclude]
-            return JSONResponse(service.recommend_items(items, request.k, exclude))
+    @app.post(
+        "/recommend/items",
+        summary="top-k items for a user the model has never seen, from their items",
+        description="The user's vector is folded in from the saved item table "
+        "(Bundle.recommend_from_items, as `rearm recommend --items`); the given items and "
+        "`exclude` are left out of the result.",
+        dependencies=protected,
+        responses=errors,
+        response_model=Ranked,
+    )
+    def recommend_items(request: Annotated[ItemsRequest, Body()]):
+        check_k(request.k)
+        if len(request.items) > max_batch:
+            raise HTTPException(
+                413, f"items: {len(request.items)} is over this server's limit of {max_batch}"
+            )
+        items = [str(item) for item in request.items]
+        exclude = [str(item) for item in request.exclude]
+        return JSONResponse(service.recommend_items(items, request.k, exclude))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):

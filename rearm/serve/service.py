@@ -70,8 +70,10 @@ class Service:
         bundle.item_repr = np.ascontiguousarray(bundle.item_repr, dtype=np.float32)
         for array in (bundle.user_repr, bundle.item_repr):
             array.flags.writeable = False
-        bundle.user_index([])  # builds the id lookups now rather than on the first request
+        # built now rather than by the first request (or by several racing ones)
+        bundle.user_index([])
         bundle.item_index([])
+        bundle.item_gram  # noqa: B018 (the fold-in's V^T V, a cached property)
         self.train = bundle.split("train")
         self.train_counts = np.diff(self.train.indptr)
         norms = np.linalg.norm(bundle.item_repr, axis=1, keepdims=True)
