@@ -315,19 +315,16 @@ def test_missing_extra_is_named(run_dir, run_cli, monkeypatch):
     assert code == 2 and "pip install 'rearm[serve]'" in err
 
 
-@needs_serve
-def test_rearm_serve_command_end_to_end(run_dir, tmp_path):
-    """The real command in a subprocess: listens, answers with the key, stops on SIGTERM."""
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY + "\n")
+@contextlib.contextmanager
+def serve_process(*options: str):
+    """`rearm serve OPTIONS` in a subprocess on a free port until /health answers; yields (base
+    URL, process); terminated (SIGTERM) at the end."""
     port = free_port()
-    command = [sys.executable, "-m", "rearm.cli", "serve", str(run_dir), "--port", str(port)]
-    server = subprocess.Popen(
-        command + ["--api-key-file", str(key_file)], stderr=subprocess.PIPE, text=True
-    )
+    command = [sys.executable, "-m", "rearm.cli", "serve", *options, "--port", str(port)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             assert server.poll() is None, server.stderr.read()
             assert time.monotonic() < deadline, "rearm serve did not answer /health"
@@ -335,15 +332,35 @@ def test_rearm_serve_command_end_to_end(run_dir, tmp_path):
                 if httpx.get(f"{url}/health").status_code == 200:
                     break
             time.sleep(0.2)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@needs_serve
+def test_rearm_serve_command_end_to_end(run_dir, tmp_path):
+    """The real command in a subprocess: listens, answers with the key, stops on SIGTERM."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    with serve_process(str(run_dir), "--api-key-file", str(key_file)) as (url, server):
         got = httpx.get(
             f"{url}/recommend", params={"user": user_id(5), "k": 4}, headers={"X-API-Key": KEY}
         )
         assert got.json() == load_bundle(run_dir).recommend([user_id(5)], 4)[0]
         assert httpx.get(f"{url}/info").status_code == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert "serving mf (120 users, 60 items" in server.stderr.read()
+
+
+@pytest.mark.slow
+@needs_serve
+def test_several_workers(run_dir):
+    """--workers 2: uvicorn's worker processes each build the app from the options."""
+    with serve_process(str(run_dir), "--workers", "2") as (url, server):
+        for _ in range(4):
+            got = httpx.get(f"{url}/recommend", params={"user": user_id(8), "k": 3})
+            assert got.json() == load_bundle(run_dir).recommend([user_id(8)], 3)[0]
+    assert "with 2 worker(s)" in server.stderr.read()
 
 
 @needs_serve
