@@ -307,6 +307,11 @@ def test_cli_refusals(run_dir, tmp_path, run_cli):
     assert code == 2 and "not found" in err
     code, _, err = run_cli("serve", run_dir, "--max-k", "0")
     assert code == 2 and "--max-k" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_cli("serve", run_dir, "--port", taken.getsockname()[1])
+    assert code == 2 and "cannot listen there" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_extra_is_named(run_dir, run_cli, monkeypatch):

@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is reachable from other machines: give --api-key-file "
             "(or serve on 127.0.0.1 behind your own proxy)"
         )
+    check_address(args.host, args.port)
     from rearm.commands.run import _check_state
     from rearm.training.threads import set_threads
 
@@ -144,6 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = app_from_options(options)  # loads and verifies: errors exit 2 before listening
     service = app.state.service
     info = service.info()
+    if service.fold_in_note:
+        print(f"rearm: note: /recommend/items will fail: {service.fold_in_note}", file=sys.stderr)
     if not service.verified:
         print(
             f"rearm: note: {args.run_dir}: the bundle has no SHA-256 record; files not verified",
@@ -208,6 +211,22 @@ def read_api_key(path: str | os.PathLike) -> str:
     if any(ch.isspace() for ch in key):
         raise RunError(f"{path}: the API key must be one line without spaces")
     return key
+
+
+def check_address(host: str, port: int) -> None:
+    """RunError now, before the model loads, if uvicorn could not listen on host:port (port in
+    use, address not on this machine, no permission)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as error:
+        reason = getattr(error, "strerror", None) or error
+        raise RunError(f"--host {host} --port {port}: cannot listen there ({reason})") from None
 
 
 def is_loopback(host: str) -> bool:

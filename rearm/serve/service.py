@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from rearm.errors import ConfigError, RunError
+from rearm.errors import ConfigError, RearmError, RunError
 from rearm.experiments.bundle import BUNDLE_DIR, Bundle, load_bundle, stable_top_k
 from rearm.io import file_sha256
 from rearm.models.base import Range, check_type
@@ -73,7 +73,7 @@ class Service:
         # built now rather than by the first request (or by several racing ones)
         bundle.user_index([])
         bundle.item_index([])
-        bundle.item_gram  # noqa: B018 (the fold-in's V^T V, a cached property)
+        self.fold_in_note = _warm_fold_in(bundle)
         self.train = bundle.split("train")
         self.train_counts = np.diff(self.train.indptr)
         norms = np.linalg.norm(bundle.item_repr, axis=1, keepdims=True)
@@ -174,6 +174,18 @@ class Service:
         """{"items", "scores"} for a user the model has never seen, from the items they
         interacted with (`Bundle.recommend_from_items`, exact)."""
         return self.bundle.recommend_from_items(items, k, exclude=exclude)
+
+
+def _warm_fold_in(bundle: Bundle) -> str | None:
+    """Fold in one item now: the bundle caches what every fold-in needs (V^T V and whatever
+    else it computes on first use), which would otherwise land on the first request to
+    /recommend/items. Returns the error message if fold-in does not work for this bundle (the
+    endpoint then answers with it), else None."""
+    try:
+        bundle.recommend_from_items([str(bundle.external_items([0])[0])], 1)
+    except RearmError as error:
+        return str(error)
+    return None
 
 
 def _faiss_index(vectors: np.ndarray, nprobe: int):
