@@ -31,3 +31,8 @@ class UnknownItemError(RearmError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ColdStartError(RunError):
+    """A model cannot represent new items (no feature path), or new items' features do not fit
+    the model they are added to."""

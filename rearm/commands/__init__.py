@@ -1,7 +1,7 @@
 """Subcommands of the `rearm` CLI. Each module exposes `register(subparsers)` that adds its parser
 and sets `handler` to a function taking the parsed arguments and returning an exit code."""
 
-from rearm.commands import analyze, config, data, graphs, run, study
+from rearm.commands import analyze, coldstart, config, data, graphs, run, serve, study
 
 COMMANDS = [
     data.register,
@@ -9,5 +9,7 @@ COMMANDS = [
     run.register,
     study.register,
     analyze.register,
+    coldstart.register,
     config.register,
+    serve.register,
 ]

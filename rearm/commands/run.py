@@ -63,10 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recommend = subparsers.add_parser(
         "recommend",
         help="top-k items for users from a saved run",
-        description="Top-k items per user in the data's own ids, seen train items excluded.",
+        description="Top-k items per user in the data's own ids, seen train items excluded. "
+        "With --items instead of --users: top-k items for one new user, folded in from the "
+        "items they interacted with (those items excluded; no retraining).",
     )
     recommend.add_argument("run_dir")
-    recommend.add_argument("--users", required=True, help="comma-separated user ids")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="comma-separated user ids")
+    who.add_argument("--items", help="comma-separated item ids of a user the model has never seen")
     recommend.add_argument("-k", type=int, default=20)
     recommend.add_argument(
         "--exclude", default="", help="comma-separated item ids never to recommend (besides seen)"
@@ -125,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from rearm.experiments.bundle import load_bundle
 
+    if args.items is not None:
+        return _recommend_from_items(args)
     users = [u.strip() for u in args.users.split(",") if u.strip()]
     if not users:
         raise RunError("--users: give at least one user id")
@@ -139,6 +145,27 @@ def _recommend(args: argparse.Namespace) -> int:
             print(f"user {entry['user']}:")
             for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
                 print(f"  {rank:>3}. {item}  ({score:.4f})")
+    return 0
+
+
+def _recommend_from_items(args: argparse.Namespace) -> int:
+    from rearm.experiments.bundle import load_bundle
+
+    items = [i.strip() for i in args.items.split(",") if i.strip()]
+    if not items:
+        raise RunError("--items: give at least one item id")
+    if args.k < 1:
+        raise RunError(f"-k must be >= 1, got {args.k}")
+    _check_state(args.run_dir)
+    bundle = load_bundle(args.run_dir)
+    exclude = [i.strip() for i in args.exclude.split(",") if i.strip()]
+    entry = bundle.recommend_from_items(items, args.k, exclude=exclude)
+    if args.json:
+        print(json.dumps({"k": args.k, "from_items": items, **entry}))
+    else:
+        print(f"new user from {len(items)} item(s): {', '.join(items)}")
+        for rank, (item, score) in enumerate(zip(entry["items"], entry["scores"]), 1):
+            print(f"  {rank:>3}. {item}  ({score:.4f})")
     return 0
 
 

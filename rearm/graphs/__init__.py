@@ -20,6 +20,7 @@ from rearm.graphs.cooccurrence import (
     user_cooccurrence_graph,
 )
 from rearm.graphs.similarity import (
+    cold_item_graph,
     gram_matrix,
     knn_graph,
     knn_neighbours,
@@ -32,6 +33,7 @@ from rearm.graphs.similarity import (
 from rearm.graphs.sparse import to_scipy, to_torch
 
 __all__ = [
+    "cold_item_graph",
     "BUILDER_VERSION",
     "GRAPH_FILES",
     "Graphs",

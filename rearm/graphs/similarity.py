@@ -16,6 +16,8 @@ Conventions shared by every kNN graph here:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -426,3 +428,53 @@ def _faiss_neighbours(
 def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"kNN k must be a positive integer, got {k!r}")
+
+
+def cold_item_graph(
+    new: Mapping[str, np.ndarray],
+    known: Mapping[str, np.ndarray],
+    k: int,
+    weights: Mapping[str, float],
+    *,
+    binary: bool = False,
+    block_size: int = 1024,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The rows that `knn_graph` (or, with binary=True, FREEDOM's binarised kNN graph) would give
+    new items whose features are `new` ({modality: [n, D_m]}) among the `known` items
+    ({modality: [I, D_m]}), combined over modalities with `weights` (sum_m w_m S_m).
+
+    Each new item keeps itself (cosine 1) and its k - 1 most similar known items (cosine
+    descending, then index ascending), value cosine / k (1 / k when binary), exactly like a row
+    of the graph built over known and new items together, except that new items are not
+    neighbours of each other or of known items (the known items' graph stays as trained).
+    An all-zero feature row keeps only itself.
+
+    Returns (CSR [n, I] over the known items, self values float32 [n])."""
+    _check_k(k)
+    modalities = [name for name, weight in weights.items() if weight > 0]
+    n = next(iter(new.values())).shape[0]
+    num_known = next(iter(known.values())).shape[0]
+    slots = min(k - 1, num_known)
+    total = sp.csr_matrix((n, num_known), dtype=np.float32)
+    self_values = np.zeros(n, dtype=np.float32)
+    for name in modalities:
+        queries, query_nonzero = _normalise(torch.as_tensor(np.asarray(new[name], np.float32)))
+        table, _ = _normalise(torch.as_tensor(np.asarray(known[name], np.float32)))
+        queries, table = queries.numpy(), table.numpy()
+        rows, cols, values = [], [], []
+        for start in range(0, n, block_size):
+            sims = queries[start : start + block_size] @ table.T
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :slots]
+            kept = np.take_along_axis(sims, order, axis=1)
+            rows.append(np.repeat(np.arange(start, start + len(sims)), slots))
+            cols.append(order.ravel())
+            values.append(np.ones_like(kept).ravel() if binary else kept.ravel())
+        rows, cols, values = (np.concatenate(x) for x in (rows, cols, values))
+        keep = query_nonzero.numpy()[rows]
+        graph = sp.csr_matrix(
+            ((values[keep] / k).astype(np.float32), (rows[keep], cols[keep])),
+            shape=(n, num_known),
+        )
+        total = total + weights[name] * graph
+        self_values += np.float32(weights[name] / k)
+    return sp.csr_matrix(total, dtype=np.float32), self_values

@@ -46,6 +46,8 @@ class Recommender(nn.Module):
     # `static_shapes` is set (the trainer then captures the training step in a CUDA graph)
     capturable: ClassVar[bool] = False
     static_shapes: bool = False
+    # True for models that use no item features (MF, LightGCN): no cold-item path at all
+    feature_free: ClassVar[bool] = False
 
     def embed(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -57,6 +59,30 @@ class Recommender(nn.Module):
         """users: LongTensor [B] -> scores [B, num_items]."""
         user_repr, item_repr = embeddings if embeddings is not None else self.embed()
         return user_repr[users] @ item_repr.T
+
+    def cold_item_representation(
+        self,
+        features: Mapping[str, Any],
+        known_features: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+    ) -> Tensor:
+        """Representations [n, D] (the columns of embed()'s item table) of n new items that have
+        features ({modality: [n, D_m]}) but no interactions and no ID embedding, through the
+        model's feature path, from the trained weights; `known_features` are the training data's
+        item features ({modality: [I, D_m]}) and `hyperparameters` the run's resolved ones.
+        Models without a feature path raise ColdStartError."""
+        from rearm.errors import ColdStartError
+
+        if self.feature_free:
+            raise ColdStartError(
+                f"{self.name} has no item features: it cannot represent an item without "
+                "interactions (cold items need a model with a feature path, e.g. rearm, vbpr "
+                "or freedom)"
+            )
+        raise ColdStartError(
+            f"cold items are not implemented for {self.name} (models that support them: "
+            "rearm, vbpr, freedom)"
+        )
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch hook; most models need none."""

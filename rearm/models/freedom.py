@@ -178,6 +178,42 @@ class FREEDOM(Recommender):
                 )
         return terms
 
+    @torch.no_grad()
+    def cold_item_representation(
+        self,
+        features: Mapping[str, Any],
+        known_features: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+    ) -> Tensor:
+        """h_c for new items: their row of the frozen item-item graph (self plus the knn_k - 1
+        most similar known items, binarised, modality-weighted: `cold_item_graph`) propagated
+        over the known items' trained ID embeddings for item_graph_layers layers; a new item has
+        no ID embedding and no user-item edge, so the LightGCN part is zero."""
+        from rearm.errors import ColdStartError
+        from rearm.graphs import cold_item_graph, to_torch
+        from rearm.graphs import modality_weights as published_weights
+
+        if self.item_graph_layers == 0:
+            raise ColdStartError(
+                "freedom with item_graph_layers=0 scores items by their ID embeddings alone: "
+                "it has no feature path for new items"
+            )
+        weights = hyperparameters.get("modality_weights") or published_weights(
+            list(known_features), hyperparameters.get("image_weight", 0.1)
+        )
+        rows, own = cold_item_graph(
+            features, known_features, hyperparameters.get("knn_k", 10), weights, binary=True
+        )
+        device = self.item_embedding.weight.device
+        rows = to_torch(rows).to(device)
+        own = torch.from_numpy(own).to(device)[:, None]
+        z_known = self.item_embedding.weight
+        z_own = torch.zeros(rows.shape[0], z_known.shape[1], device=device)
+        for _ in range(self.item_graph_layers):
+            z_own = torch.sparse.mm(rows, z_known) + own * z_own
+            z_known = torch.sparse.mm(self.item_graph, z_known)
+        return z_own
+
     # ----------------------------------------------------------------------------------------
     @classmethod
     def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:

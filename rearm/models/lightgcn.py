@@ -28,6 +28,7 @@ class LightGCN(Recommender):
     """
 
     name = "lightgcn"
+    feature_free = True
     # the paper's settings: Adam lr 1e-3, batch 2048 (as in MMRec for the Amazon data sets)
     training_defaults = {"learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 2048}
 

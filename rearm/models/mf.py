@@ -43,6 +43,7 @@ class MF(Recommender):
     """
 
     name = "mf"
+    feature_free = True
     # Adam at lr 1e-2 (with the strong L2 weight, lr 1e-3 needs ~175 epochs on Baby); batch 2048
     training_defaults = {"learning_rate": 1e-2, "weight_decay": 0.0, "batch_size": 2048}
 

@@ -325,6 +325,72 @@ class REARM(Recommender):
             terms["orthogonal"] = self.orthogonal_weight * orthogonal
         return terms
 
+    @torch.no_grad()
+    def cold_item_representation(
+        self,
+        features: Mapping[str, Any],
+        known_features: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+    ) -> Tensor:
+        """h [n, (M+1) d] of n new items from their features alone (see Recommender).
+
+        The forward of section 4-7 for an item with no ID embedding (E = 0) and no train
+        interactions: its homograph row is its item semantic row (self plus the item_knn_k - 1
+        most similar known items by feature cosine, `cold_item_graph`; it has no co-occurrence,
+        so the semantic part takes the whole row), propagated over the known items' trained
+        [E_i | W_m X_m] for item_homograph_layers layers; then the trained attention; the
+        bipartite LightGCN leaves an isolated node at its layer-0 value / (num_layers + 1); the
+        meta-network uses the known items' means. Known items are unchanged."""
+        from types import SimpleNamespace
+
+        from rearm.graphs import cold_item_graph, to_torch
+
+        self.eval()
+        stacked, meta = self.propagated()
+        device = self.item_id.weight.device
+        new = {m: torch.as_tensor(np.asarray(features[m], np.float32)) for m in self.modalities}
+        count = next(iter(new.values())).shape[0]
+        z_known = torch.cat(
+            [self.item_id.weight]
+            + [proj(table) for proj, table in zip(self.item_projections, self.item_tables)],
+            dim=1,
+        )
+        z_own = torch.cat(
+            [torch.zeros(count, self.dim, device=device)]
+            + [proj(new[m].to(device)) for m, proj in zip(self.modalities, self.item_projections)],
+            dim=1,
+        )
+        if self.item_homograph_layers > 0:
+            arguments = self.graph_arguments(
+                SimpleNamespace(features=dict(known_features), source=None), hyperparameters
+            )
+            if arguments["item_cooccurrence_weight"] < 1:
+                rows, own = cold_item_graph(
+                    new,
+                    known_features,
+                    arguments["item_knn_k"],
+                    arguments["item_modality_weights"],
+                )
+            else:  # co-occurrence only: a new item has no neighbour at all
+                rows = None
+                own = np.ones(count, dtype=np.float32)
+            rows = None if rows is None else to_torch(rows).to(device)
+            own = torch.from_numpy(own).to(device)[:, None]
+            for _ in range(self.item_homograph_layers):
+                step = own * z_own
+                z_own = step if rows is None else torch.sparse.mm(rows, z_known) + step
+                z_known = torch.sparse.mm(self.item_homograph, z_known)
+        parts = F.normalize(z_own, dim=1).split(self.dim, dim=1)
+        views = self.attention(list(parts[1:]))
+        rows = torch.cat(views + [parts[0]], dim=1) / (self.num_layers + 1)
+        side_meta = None
+        if meta is not None:
+            fused = len(self.modalities) * self.dim
+            w1, _, w2, _ = self.item_meta.logits(rows[:, :fused])
+            _, w1_mean, _, w2_mean = meta[1]
+            side_meta = (w1, w1_mean, w2, w2_mean)
+        return self.represent(rows, side_meta, getattr(self, "item_meta", None))
+
     # ----------------------------------------------------------------------------------------
     @classmethod
     def validate(cls, hyperparameters: Mapping[str, Any], where: str = "config") -> None:

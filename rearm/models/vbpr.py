@@ -16,7 +16,7 @@ user_repr = [gamma_u | theta_u | 1 | 1], item_repr = [gamma_i | E f_i | beta_i |
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -109,6 +109,25 @@ class VBPR(Recommender):
             ("item_bias", 1),
             ("content_bias", 1),
         ]
+
+    @torch.no_grad()
+    def cold_item_representation(
+        self,
+        features: Mapping[str, Any],
+        known_features: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+    ) -> Tensor:
+        """[0 | E f_c | 0 | beta'^T f_c] for new items: no latent factors gamma_i and no item
+        bias beta_i (both are learnt from interactions), the trained content path on f_c (the
+        modalities concatenated in the training data's order)."""
+        content = torch.from_numpy(
+            concatenated_features({m: features[m] for m in known_features}, None, "VBPR")
+        ).to(self.projection.weight.device)
+        count = content.shape[0]
+        zeros = torch.zeros(count, self.item_factors.embedding_dim, device=content.device)
+        return torch.cat(
+            [zeros, self.projection(content), zeros[:, :1], self.feature_bias(content)], dim=1
+        )
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
         """users, pos_items, neg_items: LongTensor [B] -> {"bpr", "reg"}."""

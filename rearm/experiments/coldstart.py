@@ -1,0 +1,626 @@
+"""New items without retraining (`add_items`) and the two cold-start protocols
+(`cold_users_protocol`, `cold_items_protocol`).
+
+New users are folded in from the saved item table alone (`Bundle.fold_in`,
+rearm.experiments.fold_in). New items go through the model's feature path: the run's model is
+rebuilt from its training data and its saved weights (weights.pt, loaded with
+`torch.load(weights_only=True)`), checked to reproduce the saved item table, and asked for
+`cold_item_representation(features, ...)` of the new items (REARM, FREEDOM, VBPR; models
+without features refuse with ColdStartError).
+
+Format of a folder of new items (`rearm add-items RUN --features DIR`):
+  item_ids.txt          one new item id per line (n lines, unique, none already in the run)
+  <modality>_feat.npy   float [n, D_m] per modality of the run (same names and widths as the
+                        training data's `<modality>_feat.npy`), row r = line r of item_ids.txt
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from rearm.data.dataset import Dataset
+from rearm.errors import ColdStartError, DataError, RunError
+from rearm.experiments.bundle import BUNDLE_DIR, Bundle, load_bundle
+from rearm.experiments.fold_in import FOLD_IN_METHODS, fold_in_users, item_gram
+from rearm.io import atomic_open, file_sha256, staged_folder, write_json
+from rearm.models.base import Range
+
+ITEM_IDS_FILE = "item_ids.txt"
+REPORTED = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "num_users")
+
+Fraction = Annotated[float, Range(gt=0, lt=1), "share of users / items held out"]
+DEFAULT_FRACTION: Fraction = 0.1
+
+# fold-in variants the cold-users protocol compares: (method, least_squares confidence)
+FOLD_IN_VARIANTS: tuple[tuple[str, float | None], ...] = (
+    ("mean", None),
+    ("least_squares", 0.1),
+    ("least_squares", 1.0),
+    ("least_squares", 10.0),
+)
+
+
+# ------------------------------------------------------------------------------------------
+# the run's model, rebuilt
+
+
+def load_run_dataset(run_dir: str | os.PathLike, config: dict, data: str | None = None) -> Dataset:
+    """The data a run was trained on: `data`, else the path its configuration records (the
+    synthetic default when none), checked against the fingerprint in RUN/protocol.json."""
+    from rearm.experiments.run import load_run_data
+
+    path = data if data is not None else config.get("data")
+    try:
+        dataset = load_run_data(path)
+    except DataError as error:
+        raise ColdStartError(
+            f"{run_dir}: cannot read the run's training data ({error}); give --data PATH"
+        ) from None
+    record = Path(run_dir) / "protocol.json"
+    try:
+        expected = json.loads(record.read_text())["data"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ColdStartError(f"{record}: missing or damaged (it names the run's data)") from None
+    if dataset.fingerprint() != expected:
+        raise ColdStartError(
+            f"{path or 'the synthetic default'}: not the data {run_dir} was trained on "
+            "(its fingerprint differs from protocol.json's)"
+        )
+    return dataset
+
+
+def rebuild_model(bundle_folder: Path, config: dict, dataset: Dataset, progress=None):
+    """The run's model built on `dataset` (graphs from the cache when present) with the saved
+    weights; ColdStartError when they do not fit."""
+    from rearm.data.cache import GraphCache
+    from rearm.models import get_model
+
+    model = get_model(config["model"]).from_dataset(
+        dataset,
+        graph_cache=GraphCache(report=progress),
+        seed=config["seed"],
+        progress=progress,
+        **config["hyperparameters"],
+    )
+    weights = bundle_folder / "weights.pt"
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ColdStartError(f"{weights}: cannot load the model's weights ({first})") from None
+    return model.eval()
+
+
+def cold_item_table(
+    model, features: dict[str, np.ndarray], dataset: Dataset, config: dict
+) -> np.ndarray:
+    """float32 [n, D]: the model's representations of new items with `features`."""
+    with torch.no_grad():
+        table = model.cold_item_representation(
+            features, dataset.features, config["hyperparameters"]
+        )
+    return table.detach().float().cpu().numpy()
+
+
+def check_reproduces(model, bundle: Bundle, where: str) -> None:
+    """The rebuilt model must give the saved item table (same weights, same graphs)."""
+    with torch.no_grad():
+        _, items = model.embed()
+    items = items.detach().float().cpu().numpy()
+    scale = float(np.abs(bundle.item_repr).max()) or 1.0
+    if items.shape != bundle.item_repr.shape or (
+        float(np.abs(items - bundle.item_repr).max()) > 1e-3 * scale
+    ):
+        raise ColdStartError(
+            f"{where}: the model rebuilt from the data and weights.pt does not reproduce the "
+            "saved item table (different data or graphs?)"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# add-items
+
+
+def read_new_items(
+    folder: str | os.PathLike, modalities: list[str], known_ids: set[str]
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Read and validate a folder of new items (module docstring); DataError naming the file.
+    Widths are checked against the training data by `check_widths`."""
+    from rearm.data.dataset import check_features
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--features {folder}: folder not found")
+    ids_path = folder / ITEM_IDS_FILE
+    try:
+        lines = ids_path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{ids_path}: missing (one new item id per line)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{ids_path}: cannot read ({error})") from None
+    ids = [line.strip() for line in lines]
+    if not ids:
+        raise DataError(f"{ids_path}: no item ids")
+    blank = [n for n, x in enumerate(ids, 1) if not x]
+    if blank:
+        raise DataError(f"{ids_path}: line {blank[0]} is empty")
+    seen: set[str] = set()
+    for number, item in enumerate(ids, 1):
+        if item in seen:
+            raise DataError(f"{ids_path}: line {number}: item id {item!r} is repeated")
+        if item in known_ids:
+            raise DataError(f"{ids_path}: line {number}: item id {item!r} is already in the run")
+        seen.add(item)
+    present = {p.name[: -len("_feat.npy")] for p in folder.glob("*_feat.npy")}
+    extra = sorted(present - set(modalities))
+    if extra:
+        raise DataError(
+            f"{folder / (extra[0] + '_feat.npy')}: modality {extra[0]!r} is not one of the "
+            f"run's ({', '.join(modalities)})"
+        )
+    features = {}
+    for name in modalities:
+        path = folder / f"{name}_feat.npy"
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing (the run has modality {name!r})") from None
+        except (OSError, ValueError, EOFError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"{path}: not a readable .npy array ({first})") from None
+        features[name] = check_features(array, name, len(ids), str(path))
+    return ids, features
+
+
+def check_widths(
+    folder: str | os.PathLike, features: dict[str, np.ndarray], known: dict[str, np.ndarray]
+) -> None:
+    for name, table in features.items():
+        width = np.asarray(known[name]).shape[1]
+        if table.shape[1] != width:
+            raise DataError(
+                f"{Path(folder) / (name + '_feat.npy')}: modality {name!r} is "
+                f"{table.shape[1]}-d, the run's is {width}-d"
+            )
+
+
+def add_items(
+    run_dir: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data: str | None = None,
+    force: bool = False,
+    progress=None,
+) -> dict:
+    """Write OUT, a complete run whose bundle also holds the items of `features_dir`
+    (module docstring) represented through the model's feature path; returns the
+    `added_items` record also written to OUT/model/bundle.json. Built in a hidden sibling and
+    renamed into place, so OUT never holds half a run."""
+    from rearm.experiments.status import read_status, require_model, write_status
+    from rearm.models import get_model
+
+    say = progress or (lambda text: None)
+    run_dir, out = Path(run_dir), Path(out)
+    if out.resolve() == run_dir.resolve():
+        raise RunError(f"--out {out}: must differ from the run it extends")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force or not out.is_dir() or read_status(out) is None:
+            raise RunError(
+                f"--out {out}: exists and is not empty"
+                + ("" if force else " (use --force to replace a run there)")
+            )
+    require_model(run_dir)
+    bundle = load_bundle(run_dir)
+    config = bundle.meta["config"]
+    if bundle.meta.get("added_items"):
+        raise ColdStartError(
+            f"{run_dir}: already extends another run with added items; add all new items to "
+            f"the original run ({bundle.meta['added_items'].get('from_run')}) at once"
+        )
+    if get_model(config["model"]).feature_free:
+        raise ColdStartError(
+            f"{config['model']} has no item features: it cannot represent an item without "
+            "interactions (add-items needs a model with a feature path, e.g. rearm, vbpr or "
+            "freedom)"
+        )
+    started = time.perf_counter()
+    item_ids = (
+        list(bundle.item_ids) if bundle.item_ids else [str(i) for i in range(bundle.num_items)]
+    )
+    ids, features = read_new_items(features_dir, list(bundle.meta["modalities"]), set(item_ids))
+    say(f"loading the training data of {run_dir}")
+    dataset = load_run_dataset(run_dir, config, data)
+    check_widths(features_dir, features, dataset.features)
+    say(f"rebuilding {config['model']} from weights.pt for {len(ids)} new items")
+    model = rebuild_model(Path(run_dir) / BUNDLE_DIR, config, dataset, progress)
+    check_reproduces(model, bundle, str(run_dir))
+    new_table = cold_item_table(model, features, dataset, config)
+    item_ids = (
+        list(bundle.item_ids) if bundle.item_ids else [str(i) for i in range(bundle.num_items)]
+    )
+    record = {
+        "count": len(ids),
+        "first_ids": ids[:5],
+        "first_index": bundle.num_items,
+        "from_run": str(run_dir),
+        "features": {
+            path.name: file_sha256(path)
+            for path in sorted(Path(features_dir).iterdir())
+            if path.name == ITEM_IDS_FILE or path.name.endswith("_feat.npy")
+        },
+        "method": f"{config['model']}.cold_item_representation (no ID embedding, no interactions)",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    def replaceable(path: Path) -> bool:
+        return force and read_status(path) is not None
+
+    source = Path(run_dir)
+    try:
+        with staged_folder(out, replace=replaceable) as stage:
+            for name in ("config.yaml", "protocol.json", "results.json", "metrics.jsonl"):
+                if (source / name).is_file():
+                    shutil.copy2(source / name, stage / name)
+            folder = stage / BUNDLE_DIR
+            folder.mkdir()
+            with atomic_open(folder / "embeddings.npz", "wb") as handle:
+                np.savez(
+                    handle,
+                    user=bundle.user_repr,
+                    item=np.concatenate([bundle.item_repr, new_table]).astype(np.float32),
+                )
+            for name in ("interactions.npz", "weights.pt"):
+                shutil.copy2(source / BUNDLE_DIR / name, folder / name)
+            write_json(
+                folder / "ids.json",
+                {"users": bundle.user_ids, "items": item_ids + ids},
+                indent=None,
+            )
+            meta = dict(bundle.meta)
+            meta["num_items"] = bundle.num_items + len(ids)
+            meta["added_items"] = record
+            meta["files"] = {name: file_sha256(folder / name) for name in meta["files"]}
+            write_json(folder / "bundle.json", meta)
+            write_status(stage, "complete", note=f"{len(ids)} items added to {run_dir}")
+    except OSError as error:
+        raise RunError(f"--out {out}: cannot write ({error.strerror or error})") from None
+    say(
+        f"wrote {out}: {bundle.num_items} + {len(ids)} items in {time.perf_counter() - started:.1f}s"
+    )
+    return record
+
+
+# ------------------------------------------------------------------------------------------
+# protocols
+
+
+def subset_users(dataset: Dataset, keep: np.ndarray) -> Dataset:
+    """The data set restricted to the users `keep` (ascending indices), items unchanged."""
+    return Dataset(
+        num_users=len(keep),
+        num_items=dataset.num_items,
+        train=dataset.train[keep],
+        valid=dataset.valid[keep],
+        test=dataset.test[keep],
+        features=dataset.features,
+        user_ids=None if dataset.user_ids is None else np.asarray(dataset.user_ids)[keep],
+        item_ids=dataset.item_ids,
+        format=dataset.format,
+        source=dataset.source,
+        files=dict(dataset.files),
+    )
+
+
+def subset_items(dataset: Dataset, keep: np.ndarray) -> Dataset:
+    """The data set restricted to the items `keep` (ascending indices): every interaction with
+    another item is dropped from every split; users unchanged."""
+    return Dataset(
+        num_users=dataset.num_users,
+        num_items=len(keep),
+        train=sp.csr_matrix(dataset.train[:, keep]),
+        valid=sp.csr_matrix(dataset.valid[:, keep]),
+        test=sp.csr_matrix(dataset.test[:, keep]),
+        features={name: np.asarray(table)[keep] for name, table in dataset.features.items()},
+        user_ids=dataset.user_ids,
+        item_ids=None if dataset.item_ids is None else np.asarray(dataset.item_ids)[keep],
+        format=dataset.format,
+        source=dataset.source,
+        files=dict(dataset.files),
+    )
+
+
+def _draw(candidates: np.ndarray, fraction: float, seed: int, what: str) -> np.ndarray:
+    count = int(round(fraction * len(candidates)))
+    if count < 1 or count >= len(candidates):
+        raise ColdStartError(
+            f"--fraction {fraction}: holds out {count} of {len(candidates)} {what}; "
+            "need at least one held out and one kept"
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(candidates, size=count, replace=False))
+
+
+def _metrics(scores, heldout, exclude, ks) -> dict:
+    result = _rank(scores, heldout, exclude, ks)
+    return {k: result[k] for k in REPORTED if k in result}
+
+
+def _rank(scores, heldout, exclude, ks) -> dict:
+    from rearm.evaluation import rank_metrics
+
+    return rank_metrics(np.asarray(scores, dtype=np.float32), heldout, exclude=exclude, ks=ks)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: exists and is not a directory")
+    if (out / "results.json").exists() and not force:
+        raise RunError(f"--out {out}: already holds cold-start results (use --force)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").exists() and not force:
+        if not any((out / name).is_dir() for name in ("run", "warm_run")):
+            raise RunError(f"--out {out}: directory is not empty and holds no cold-start study")
+
+
+def cold_users_protocol(
+    config,
+    out: str | os.PathLike,
+    *,
+    fraction: Fraction = DEFAULT_FRACTION,
+    dataset: Dataset | None = None,
+    force: bool = False,
+    progress=None,
+) -> dict:
+    """Hold out `fraction` of the users that have train and test items (drawn with
+    config.seed), train `config` on the others (OUT/run, through `train_run`), fold the held-out
+    users in from their train items with each fold-in variant, and report their valid / test
+    metrics against the trained users' and item popularity. Writes OUT/results.json."""
+    from rearm.evaluation.protocol import get_protocol
+    from rearm.experiments.run import load_run_data, train_run
+    from rearm.training.trainer import Progress
+
+    progress = progress or Progress()
+    out = Path(out)
+    _prepare_out(out, force)
+    started = time.perf_counter()
+    dataset = dataset if dataset is not None else load_run_data(config.data)
+    protocol = get_protocol(config.protocol)
+    eligible = np.flatnonzero(
+        (dataset.train.getnnz(axis=1) > 0) & (dataset.test.getnnz(axis=1) > 0)
+    )
+    cold = _draw(eligible, fraction, config.seed, "users with train and test items")
+    warm = np.setdiff1d(np.arange(dataset.num_users), cold)
+    progress.line(
+        f"cold users: {len(cold)} of {dataset.num_users} users held out (seed {config.seed}); "
+        f"training {config.model} on the other {len(warm)}"
+    )
+    results = train_run(
+        config, out / "run", force=force, dataset=subset_users(dataset, warm), progress=progress
+    )
+    bundle = load_bundle(out / "run")
+    gram = item_gram(bundle.item_repr)
+    history = dataset.train[cold]
+    masks = {split: protocol.mask_matrix(dataset, split)[cold] for split in ("valid", "test")}
+    popularity = np.asarray(dataset.train[warm].sum(axis=0)).ravel()
+    report: dict[str, Any] = {"popularity": {}}
+    for split in ("valid", "test"):
+        scores = np.broadcast_to(popularity, (len(cold), dataset.num_items))
+        report["popularity"][split] = _metrics(
+            scores, dataset.split(split)[cold], masks[split], protocol.ks
+        )
+    timings = {}
+    for method, confidence in FOLD_IN_VARIANTS:
+        name = _variant_name(method, confidence)
+        begin = time.perf_counter()
+        options = {} if confidence is None else {"confidence": confidence, "gram": gram}
+        vectors = fold_in_users(bundle.item_repr, history, method, **options)
+        timings[name] = round(time.perf_counter() - begin, 4)
+        report[name] = {}
+        for split in ("valid", "test"):
+            report[name][split] = _metrics(
+                vectors @ bundle.item_repr.T,
+                dataset.split(split)[cold],
+                masks[split],
+                protocol.ks,
+            )
+        progress.line(
+            f"fold-in {name}: cold users' test Recall@20 {report[name]['test']['Recall@20']:.4f}"
+        )
+    # the same fold-in for users the model was trained on: fold-in quality without coldness
+    warm_data = subset_users(dataset, warm)
+    warm_history = warm_data.train
+    warm_mask = protocol.mask_matrix(warm_data, "test")
+    warm_report = {"trained": {k: results["test"][k] for k in REPORTED if k in results["test"]}}
+    for method, confidence in FOLD_IN_VARIANTS:
+        options = {} if confidence is None else {"confidence": confidence, "gram": gram}
+        vectors = fold_in_users(bundle.item_repr, warm_history, method, **options)
+        warm_report[_variant_name(method, confidence)] = _metrics(
+            vectors @ bundle.item_repr.T, warm_data.test, warm_mask, protocol.ks
+        )
+    variants = [_variant_name(m, c) for m, c in FOLD_IN_VARIANTS]
+    chosen = max(variants, key=lambda name: report[name]["valid"]["Recall@20"])
+    record = {
+        "protocol": "cold_users",
+        "model": config.model,
+        "preset": config.preset,
+        "data": config.data or "synthetic default",
+        "seed": config.seed,
+        "fraction": fraction,
+        "users": {"total": dataset.num_users, "cold": len(cold), "warm": len(warm)},
+        "cold_users": report,
+        "warm_users": warm_report,
+        "best_fold_in_by_valid": chosen,
+        "fold_in_s": timings,
+        "run": str(out / "run"),
+        "best_epoch": results["best_epoch"],
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / "results.json", record)
+    progress.line(
+        f"cold users' test Recall@20: {chosen} {report[chosen]['test']['Recall@20']:.4f}, "
+        f"popularity {report['popularity']['test']['Recall@20']:.4f}; trained users "
+        f"{warm_report['trained']['Recall@20']:.4f} -> {out / 'results.json'}"
+    )
+    return record
+
+
+def _variant_name(method: str, confidence: float | None) -> str:
+    return method if confidence is None else f"{method}(confidence={confidence:g})"
+
+
+def content_knn_scores(
+    users: np.ndarray, history: sp.csr_matrix, features: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Content-only baseline [len(users), I]: per modality, the mean cosine between an item's
+    features and the features of the user's `history` items, averaged over modalities."""
+    total = None
+    rows = history[users]
+    counts = np.maximum(rows.getnnz(axis=1), 1)[:, None]
+    for table in features.values():
+        table = np.asarray(table, dtype=np.float32)
+        norms = np.linalg.norm(table, axis=1, keepdims=True)
+        unit = table / np.where(norms > 0, norms, 1.0)
+        profile = (rows @ unit) / counts
+        part = profile @ unit.T
+        total = part if total is None else total + part
+    return total / len(features)
+
+
+def cold_items_protocol(
+    config,
+    out: str | os.PathLike,
+    *,
+    fraction: Fraction = DEFAULT_FRACTION,
+    warm: bool = True,
+    dataset: Dataset | None = None,
+    force: bool = False,
+    progress=None,
+) -> dict:
+    """Hide `fraction` of the items with test interactions (drawn with config.seed) from
+    training (every interaction with them removed; OUT/run), build their representations from
+    their features (`cold_item_representation`), rank them among all items for their test users,
+    and report Recall@20 / NDCG@20 on those items' test interactions against a content-only kNN
+    baseline and, with `warm`, the same model trained with them (OUT/warm_run). Writes
+    OUT/results.json."""
+    from rearm.evaluation.protocol import get_protocol
+    from rearm.experiments.run import load_run_data, train_run
+    from rearm.models import get_model
+    from rearm.training.trainer import Progress
+
+    progress = progress or Progress()
+    out = Path(out)
+    model_class = get_model(config.model)
+    if model_class.feature_free:
+        raise ColdStartError(
+            f"{config.model} has no item features: it cannot represent an item without "
+            "interactions, so there is no cold-items protocol for it"
+        )
+    _prepare_out(out, force)
+    started = time.perf_counter()
+    dataset = dataset if dataset is not None else load_run_data(config.data)
+    protocol = get_protocol(config.protocol)
+    candidates = np.flatnonzero(dataset.test.getnnz(axis=0) > 0)
+    cold = _draw(candidates, fraction, config.seed, "items with test interactions")
+    kept = np.setdiff1d(np.arange(dataset.num_items), cold)
+    progress.line(
+        f"cold items: {len(cold)} of {dataset.num_items} items hidden from training "
+        f"(seed {config.seed}); training {config.model} on the other {len(kept)}"
+    )
+    warm_items = subset_items(dataset, kept)
+    results = train_run(config, out / "run", force=force, dataset=warm_items, progress=progress)
+    bundle = load_bundle(out / "run")
+    model = rebuild_model(out / "run" / BUNDLE_DIR, bundle.meta["config"], warm_items)
+    check_reproduces(model, bundle, str(out / "run"))
+    features = {name: np.asarray(table)[cold] for name, table in dataset.features.items()}
+    begin = time.perf_counter()
+    cold_table = cold_item_table(model, features, warm_items, bundle.meta["config"])
+    cold_s = time.perf_counter() - begin
+    items = np.zeros((dataset.num_items, bundle.item_repr.shape[1]), dtype=np.float32)
+    items[kept] = bundle.item_repr
+    items[cold] = cold_table
+    # evaluated: users with a test interaction with a cold item; held out: those interactions
+    only_cold = sp.csr_matrix(dataset.test @ _columns(cold, dataset))
+    only_cold.eliminate_zeros()
+    users = np.flatnonzero(only_cold.getnnz(axis=1) > 0)
+    heldout = only_cold[users]
+    mask = protocol.mask_matrix(dataset, "test")[users]
+    report = {
+        "model": _metrics(bundle.user_repr[users] @ items.T, heldout, mask, protocol.ks),
+        "content_knn": _metrics(
+            content_knn_scores(users, warm_items_history(dataset, kept), dataset.features),
+            heldout,
+            mask,
+            protocol.ks,
+        ),
+    }
+    progress.line(
+        f"cold items: {config.model} Recall@20 {report['model']['Recall@20']:.4f}, "
+        f"content kNN {report['content_knn']['Recall@20']:.4f}"
+    )
+    if warm:
+        progress.line(f"training {config.model} with the held-out items (warm reference)")
+        train_run(config, out / "warm_run", force=force, dataset=dataset, progress=progress)
+        reference = load_bundle(out / "warm_run")
+        report["model_trained_warm"] = _metrics(
+            reference.user_repr[users] @ reference.item_repr.T, heldout, mask, protocol.ks
+        )
+        progress.line(
+            f"the same items trained warm: Recall@20 "
+            f"{report['model_trained_warm']['Recall@20']:.4f}"
+        )
+    record = {
+        "protocol": "cold_items",
+        "model": config.model,
+        "preset": config.preset,
+        "data": config.data or "synthetic default",
+        "seed": config.seed,
+        "fraction": fraction,
+        "items": {"total": dataset.num_items, "cold": len(cold), "kept": len(kept)},
+        "evaluated_users": len(users),
+        "heldout_interactions": int(heldout.nnz),
+        "cold_items": report,
+        "kept_items_test": {k: results["test"][k] for k in REPORTED if k in results["test"]},
+        "cold_representation_s": round(cold_s, 4),
+        "run": str(out / "run"),
+        "best_epoch": results["best_epoch"],
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / "results.json", record)
+    progress.line(f"-> {out / 'results.json'}")
+    return record
+
+
+def _columns(index: np.ndarray, dataset: Dataset) -> sp.dia_matrix:
+    """Diagonal [I, I] 0/1 matrix keeping the columns `index` (right-multiply)."""
+    row = np.zeros(dataset.num_items, dtype=np.float32)
+    row[index] = 1.0
+    return sp.diags(row)
+
+
+def warm_items_history(dataset: Dataset, kept: np.ndarray) -> sp.csr_matrix:
+    """Each user's train items among the kept items, in the full item numbering."""
+    history = sp.csr_matrix(dataset.train @ _columns(kept, dataset))
+    history.eliminate_zeros()
+    return history
+
+
+__all__ = [
+    "FOLD_IN_METHODS",
+    "add_items",
+    "cold_items_protocol",
+    "cold_users_protocol",
+    "content_knn_scores",
+    "read_new_items",
+    "rebuild_model",
+]
