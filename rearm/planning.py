@@ -46,6 +46,7 @@ SCIPY_ENTRY = 8
 IMPORT_BASELINE = 350 << 20
 PLANNED_MODELS = ("rearm",)
 MEMORY_CHECK_VARIABLE = "REARM_MEMORY_LIMIT"
+CALIBRATION_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Plan:
     parameters: int
     steps_per_epoch: int
     epoch: dict | None = None
+    activations: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -239,6 +241,7 @@ class Plan:
                 "bytes": self.peak_bytes,
                 "dominant": self.dominant()[0],
             },
+            "activations_bytes": self.activations,
             "steps_per_epoch": self.steps_per_epoch,
             "epoch": self.epoch,
             "notes": self.notes,
@@ -308,7 +311,7 @@ def plan(
     check_modality_weights(arguments["user_modality_weights"], modalities, "user_modality_weights")
     check_modality_weights(arguments["item_modality_weights"], modalities, "item_modality_weights")
 
-    U, I, T = shape.num_users, shape.num_items, shape.train_interactions
+    U, I, T = shape.num_users, shape.num_items, shape.train_interactions  # noqa: E741
     M, d, r = len(modalities), int(h["embedding_dim"]), int(h["rank"])
     W = (M + 1) * d
     widths = [shape.modalities[m] for m in modalities]
@@ -399,7 +402,9 @@ def plan(
     )
     saved = U * (2 * W + 2) + I * item_floats
     if not h["no_meta"]:
-        saved += (U + I) * (8 * d * r + 4)
+        # per side: the knowledge vector, three [n, d r] tensors per low-rank MLP, and the
+        # propagated views, which the knowledge Linear keeps
+        saved += (U + I) * (6 * d * r + d + W + 4)
     batch = int(t["batch_size"])
     distinct_users, distinct_items = min(batch, U), min(2 * batch, I)
     pairs = M * (M - 1) // 2
@@ -538,6 +543,11 @@ def plan(
         trainable_parameters=int(trainable),
         parameters=int(parameters),
         steps_per_epoch=steps,
+        activations={
+            "saved_by_autograd": 4 * saved,
+            "batch": 4 * batch_floats,
+            "in_flight": 4 * transient,
+        },
     )
     if calibration is not None:
         plan_.epoch = _epoch_estimate(shape, h, by_name, trainable, steps, batch, calibration)
@@ -556,7 +566,7 @@ class _ShapeView:
 def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> dict:
     """Seconds per epoch = steps x (dense flops x s/flop + graph nnz x width x s/(nnz col)
     + node x width elementwise work x s/element + trainable parameters x s/parameter)."""
-    U, I = shape.num_users, shape.num_items
+    U, I = shape.num_users, shape.num_items  # noqa: E741
     M, d, r = len(shape.modalities), int(h["embedding_dim"]), int(h["rank"])
     W = (M + 1) * d
     widths = list(shape.modalities.values())
@@ -577,12 +587,14 @@ def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> d
         )
     )
     elementwise = (U + I) * W
+    scale = batch / CALIBRATION_BATCH
     parts = {
         "dense products (feature tables, meta-network)": dense * calibration["dense_s_per_flop"],
         "sparse graph propagation": sparse * calibration["sparse_s_per_entry_column"],
         "elementwise passes (attention, norms, activations, losses)": elementwise
         * calibration["elementwise_s_per_node_column"],
         "AdamW": trainable * calibration["adamw_s_per_parameter"],
+        "per-batch work (sampling, batch losses, gathers)": calibration["batch_s_per_step"] * scale,
     }
     step = sum(parts.values())
     return {
@@ -599,11 +611,14 @@ def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> d
     }
 
 
-def calibrate(*, repeats: int = 3) -> dict[str, float]:
-    """Time the four kinds of work of a REARM step on this machine at a small size (about 5-10
-    seconds): a dense [n, D] @ [D, 64] product, a sparse CSR graph product, fused AdamW, and a
-    real REARM training step on a small synthetic set (whose elementwise remainder, after its
-    dense, sparse and AdamW parts are taken out, gives the per node x column cost)."""
+def calibrate(*, repeats: int = 2) -> dict[str, float]:
+    """Seconds per unit of each kind of work in a REARM step, timed on this machine at a small
+    size (best of `repeats`; about 10 s on a quiet 2-core machine): a dense [n, D] @ [D, 64]
+    product (s per flop), a sparse CSR graph product (s per entry x column), fused AdamW (s per
+    parameter), and two real REARM steps on small synthetic sets 4x apart in nodes, whose time
+    beyond the parts above is split into a per node x column cost (elementwise passes, item
+    attention, meta-network activations) and a per-step cost (the batch's losses and gathers).
+    Timings taken on a busy machine are that machine's: re-run on a quiet one to plan for it."""
     import torch
 
     from rearm.data.synth import make_synthetic
@@ -647,41 +662,48 @@ def calibrate(*, repeats: int = 3) -> dict[str, float]:
     optimizer = make_optimizer([parameter], 1e-3, 0.0)
     adam_s = best(optimizer.step) / parameter.numel()
 
-    dataset = make_synthetic(4000, 2000, {"image": 128, "text": 64}, seed=0)
-    model = get_model("rearm").from_dataset(dataset, user_knn_k=10, item_knn_k=10)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, 1e-4, 0.0)
-    batch = 2048
-    users = torch.randint(0, dataset.num_users, (batch,), generator=generator)
-    items = torch.randint(0, dataset.num_items, (2, batch), generator=generator)
+    partial = {
+        "dense_s_per_flop": dense_s,
+        "sparse_s_per_entry_column": sparse_s,
+        "adamw_s_per_parameter": adam_s,
+        "elementwise_s_per_node_column": 0.0,
+        "batch_s_per_step": 0.0,
+    }
+    # Two real REARM steps, 4x apart in nodes: what their dense, sparse and AdamW parts do not
+    # explain is split into a per node x column cost and a per-step (batch) cost.
+    remainders, sizes = [], []
+    for users, items in ((2000, 1000), (8000, 4000)):
+        dataset = make_synthetic(users, items, {"image": 128, "text": 64}, seed=0)
+        keys = {"user_knn_k": 10, "item_knn_k": 10}
+        model = get_model("rearm").from_dataset(dataset, **keys)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(trainable, 1e-4, 0.0)
+        batch_users = torch.randint(0, users, (CALIBRATION_BATCH,), generator=generator)
+        batch_items = torch.randint(0, items, (2, CALIBRATION_BATCH), generator=generator)
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=False)
-        sum(model.loss(users, items[0], items[1]).values()).backward()
-        optimizer.step()
+        def step(model=model, optimizer=optimizer, users=batch_users, items=batch_items):
+            optimizer.zero_grad(set_to_none=False)
+            sum(model.loss(users, items[0], items[1]).values()).backward()
+            optimizer.step()
 
-    step_s = best(step)
-    shape = data_shape(dataset)
-    small = plan(shape, {"user_knn_k": 10, "item_knn_k": 10}, {"batch_size": batch})
-    partial = dict(
-        dense_s_per_flop=dense_s,
-        sparse_s_per_entry_column=sparse_s,
-        adamw_s_per_parameter=adam_s,
-        elementwise_s_per_node_column=0.0,
-    )
-    explained = _epoch_estimate(
-        shape,
-        model.__class__.validate_hyperparameters({"user_knn_k": 10, "item_knn_k": 10}),
-        {g.name: g for g in small.graphs},
-        small.trainable_parameters,
-        1,
-        batch,
-        partial,
-    )["seconds_per_step"]
-    remainder = max(step_s - explained, 0.0)
-    W = (len(dataset.features) + 1) * model.dim
-    partial["elementwise_s_per_node_column"] = remainder / ((shape.num_users + shape.num_items) * W)
+        step_s = best(step)
+        shape = data_shape(dataset)
+        small = plan(shape, keys, {"batch_size": CALIBRATION_BATCH})
+        explained = _epoch_estimate(
+            shape,
+            model.validate_hyperparameters(keys),
+            {g.name: g for g in small.graphs},
+            small.trainable_parameters,
+            1,
+            CALIBRATION_BATCH,
+            partial,
+        )["seconds_per_step"]
+        remainders.append(max(step_s - explained, 0.0))
+        sizes.append((users + items) * (len(dataset.features) + 1) * model.dim)
+    per_node = max((remainders[1] - remainders[0]) / (sizes[1] - sizes[0]), 0.0)
+    partial["elementwise_s_per_node_column"] = per_node
+    partial["batch_s_per_step"] = max(remainders[0] - per_node * sizes[0], 0.0)
     partial["threads"] = torch.get_num_threads()
     return {name: float(f"{value:.4g}") for name, value in partial.items()}
 
