@@ -13,10 +13,12 @@ configuration, and adds up, in bytes:
     [block, n] similarity block or the item Gram matrix, a block of a sparse co-occurrence
     product and the top-k triples of all rows, the scipy-to-torch conversions).
 
-Four phases are planned and the peak is the largest: graph building, model construction (every
-graph alive next to the new model's copies of the tables), a training step (model, graphs,
-gradients, AdamW state, saved activations and the copy of the best state kept after the first
-validation) and validation (the full forward without gradients and one block of scores). Seconds per epoch come from a short calibration on this machine
+Five phases are planned and the peak is the largest: graph building, model construction (every
+graph alive next to the new model's copies of the tables), a training step of the first epoch
+(model, graphs, gradients, AdamW state, saved activations), a training step of later epochs (the
+same plus the copy of the best state that the trainer keeps from the first validation on) and
+validation (the full forward without gradients, one block of scores, the best-state copy).
+`Plan.peak_bytes_for(epochs)` is the peak of a run of that many epochs. Seconds per epoch come from a short calibration on this machine
 (`calibrate`): the four kinds of work in one step are timed at a small size and scaled by their
 counts in the real step (dense products by their flops, sparse graph products by nnz x width,
 elementwise passes by node x width, AdamW by parameters).
@@ -192,6 +194,12 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         return sum(self.phases[self.peak_phase].values())
+
+    def peak_bytes_for(self, epochs: int) -> int:
+        """Planned peak of a run of `epochs` epochs (one epoch never holds the best-state copy
+        next to a training step's activations)."""
+        phases = [p for p in self.phases if epochs > 1 or p != "training, later epochs"]
+        return max(self.phase_bytes(p) for p in phases)
 
     def phase_bytes(self, phase: str) -> int:
         return sum(self.phases[phase].values())
@@ -401,10 +409,12 @@ def plan(
         else 2 * W + 2
     )
     saved = U * (2 * W + 2) + I * item_floats
+    meta_floats = 0
     if not h["no_meta"]:
         # per side: the knowledge vector, three [n, d r] tensors per low-rank MLP, and the
         # propagated views, which the knowledge Linear keeps
-        saved += (U + I) * (6 * d * r + d + W + 4)
+        meta_floats = (U + I) * (6 * d * r + d + W + 4)
+        saved += meta_floats
     batch = int(t["batch_size"])
     distinct_users, distinct_items = min(batch, U), min(2 * batch, I)
     pairs = M * (M - 1) // 2
@@ -490,7 +500,7 @@ def plan(
             "model_feature_tables": tables,
             "id_embeddings": 4 * ids,
         },
-        "training": {
+        "training, first epoch": {
             "interpreter and libraries": baseline,
             "interactions": interactions,
             "data_features": data_features,
@@ -500,7 +510,18 @@ def plan(
             "gradients": 4 * trainable,
             "adamw_state": 8 * trainable,
             "activations_one_step": activations,
-            "best_state_copy": 4 * parameters,
+        },
+        "training, later epochs": {
+            "interpreter and libraries": baseline,
+            "interactions": interactions,
+            "data_features": data_features,
+            "graphs_kept_for_training": kept_graphs,
+            "model_feature_tables": tables,
+            "id_embeddings and other parameters": 4 * (ids + small),
+            "gradients": 4 * trainable,
+            "adamw_state": 8 * trainable,
+            "activations_one_step": activations,
+            "best_state_copy (kept from the first validation on)": 4 * parameters,
         },
         "validation": {
             "interpreter and libraries": baseline,
@@ -511,7 +532,7 @@ def plan(
             "id_embeddings and other parameters": 4 * (ids + small),
             "gradients": 4 * trainable,
             "adamw_state": 8 * trainable,
-            "best_state_copy": 4 * parameters,
+            "best_state_copy (made after the validation)": 4 * parameters,
             "evaluation_block": evaluation,
         },
     }
@@ -545,6 +566,7 @@ def plan(
         steps_per_epoch=steps,
         activations={
             "saved_by_autograd": 4 * saved,
+            "of which meta_network": 4 * meta_floats,
             "batch": 4 * batch_floats,
             "in_flight": 4 * transient,
         },
@@ -785,6 +807,10 @@ def format_plan(result: Plan) -> str:
     lines.append(
         f"parameters: {result.parameters:,} ({result.trainable_parameters:,} trainable; "
         f"AdamW keeps 2 x {result.trainable_parameters:,})"
+    )
+    lines.append(
+        "activations of one step: "
+        + ", ".join(f"{name} {_mb(size)}" for name, size in result.activations.items())
     )
     lines.append("memory by component:")
     for name, size in result.components.items():
