@@ -215,9 +215,14 @@ class Plan:
         if available is None or self.peak_bytes <= available:
             return None
         part, size = self.dominant()
+        limit = (
+            f"the limit is {_gb(available)} ({MEMORY_CHECK_VARIABLE})"
+            if os.environ.get(MEMORY_CHECK_VARIABLE)
+            else f"{_gb(available)} is available"
+        )
         return (
             f"{what} needs about {_gb(self.peak_bytes)} at its peak ({self.peak_phase}) but "
-            f"{_gb(available)} is available: {_gb(self.peak_bytes - available)} over; the "
+            f"{limit}: {_gb(self.peak_bytes - available)} over; the "
             f"largest part is {part} ({_gb(size)}). See `rearm plan` for the breakdown; "
             "--no-memory-check (or training key memory_check=false) trains anyway"
         )
@@ -446,51 +451,78 @@ def plan(
         for g in graphs
         if not g.name.endswith("homograph")
     )
-    transient_blocks = {"co-occurrence product block and top-k triples": 0}
-    for side, n, k in (("item", I, item_k), ("user", U, user_k)):
-        name = f"{side}_cooccurrence"
-        if name in by_name:
-            transient_blocks["co-occurrence product block and top-k triples"] = max(
-                transient_blocks["co-occurrence product block and top-k triples"],
-                48 * (1 << 23) + 80 * n * k,
-            )
-    gram_bytes = 4 * I * I
-    use_gram = False
-    if "user" in sides and a_user < 1:
-        from rearm.graphs.similarity import DEFAULT_GRAM_MAX_BYTES
+    # co-occurrence: one block of the sparse product (at most max_block_entries partial products,
+    # about 48 bytes each through the top-k sort) and the int64 / float64 triples of all rows
+    cooccurrence = 0
+    for side, n, k, partners, mean_partners in (
+        ("item", I, item_k, shape.item_partners, mean_item_partners),
+        ("user", U, user_k, shape.user_partners, mean_user_partners),
+    ):
+        if f"{side}_cooccurrence" in by_name:
+            work = int(partners.sum()) if partners is not None else int(n * mean_partners)
+            cooccurrence = max(cooccurrence, 48 * min(work, 1 << 23) + 80 * n * k)
+    # kNN, per modality: the Gram path holds the item Gram matrix (kept in one buffer until all
+    # modalities are done) and a [block, I] block; the direct path a normalised copy of the
+    # rows and a dense [block, n] similarity block of at most 2^25 entries
+    from rearm.graphs.similarity import DEFAULT_GRAM_MAX_BYTES
 
-        for width in widths:
-            direct = U * U * width
-            gram = I * I * width / 2 + 10 * T * (I + U)
-            if gram_bytes <= DEFAULT_GRAM_MAX_BYTES and gram < direct:
-                use_gram = True
-    knn_block = 4 * (1 << 25)
-    widest = max(widths)
-    semantic_transient = max(
-        (gram_bytes + knn_block) if use_gram else 0,
-        8 * U * widest + knn_block + 12 * U * user_k if "user" in sides else 0,
-        8 * I * widest + knn_block + 12 * I * item_k if "item" in sides else 0,
-    )
-    transient_blocks["kNN similarity block" + (" and item Gram matrix" if use_gram else "")] = (
-        semantic_transient
-    )
+    gram_bytes = 4 * I * I
+    gram_modalities = []
+    semantic = 0
+    for name, width in shape.modalities.items():
+        need_item = "item" in sides and a_item < 1 and arguments["item_modality_weights"][name] > 0
+        need_user = "user" in sides and a_user < 1 and arguments["user_modality_weights"][name] > 0
+        direct_cost = U * U * width
+        gram_cost = I * I * width / 2 + 10 * T * (I + U)
+        exact = arguments["knn_method"] == "exact"
+        if exact and need_user and gram_bytes <= DEFAULT_GRAM_MAX_BYTES and gram_cost < direct_cost:
+            gram_modalities.append(name)
+            semantic = max(semantic, 4 * min(I * I, 1 << 25) + 12 * max(U * user_k, I * item_k))
+            continue
+        if need_item:
+            semantic = max(semantic, 4 * I * width + 4 * min(I * I, 1 << 25) + 12 * I * item_k)
+        if need_user:
+            semantic = max(semantic, 4 * U * width + 4 * min(U * U, 1 << 25) + 12 * U * user_k)
+    use_gram = bool(gram_modalities)
     homographs = sum(g.bytes for g in graphs if g.name.endswith("homograph"))
     per_modality_graphs = sum(
         SCIPY_ENTRY * nnz for values in per_modality_nnz.values() for nnz in values
     )
-    combine = per_modality_graphs + 2 * homographs
-    transient_blocks["combining and converting to torch"] = combine + sum(g.bytes for g in graphs)
-    block_name = max(transient_blocks, key=transient_blocks.get)
     baseline = IMPORT_BASELINE
-    phases = {
-        "graph building": {
+    gram_kept = gram_bytes if use_gram else 0
+    # graph building runs in steps (rearm.graphs.build): co-occurrence first, then the user
+    # interest tables and the kNN graphs (which touch the feature tables), then the combining
+    # and the conversion to torch; its peak is the largest step
+    building_steps = {
+        "co-occurrence": {
+            "interpreter and libraries": baseline,
+            "interactions": interactions,
+            "graphs built so far": scipy_graphs,
+            "co-occurrence product block and top-k triples": cooccurrence,
+        },
+        "kNN graphs": {
             "interpreter and libraries": baseline,
             "interactions": interactions,
             "data_features": data_features,
             "user_interest_features": interest,
             "graphs built so far": scipy_graphs,
-            f"largest transient: {block_name}": transient_blocks[block_name],
+            "item Gram matrix": gram_kept,
+            "kNN similarity block and lists": semantic,
         },
+        "combining and converting to torch": {
+            "interpreter and libraries": baseline,
+            "interactions": interactions,
+            "data_features": data_features,
+            "user_interest_features": interest,
+            "item Gram matrix": gram_kept,
+            "graphs built so far": scipy_graphs + per_modality_graphs,
+            "homograph sums": 2 * homographs,
+            "torch copies of every graph": sum(g.bytes for g in graphs),
+        },
+    }
+    building = max(building_steps, key=lambda step: sum(building_steps[step].values()))
+    phases = {
+        f"graph building ({building})": building_steps[building],
         "model construction": {
             "interpreter and libraries": baseline,
             "interactions": interactions,
