@@ -195,11 +195,15 @@ class Plan:
     def peak_bytes(self) -> int:
         return sum(self.phases[self.peak_phase].values())
 
-    def peak_bytes_for(self, epochs: int) -> int:
-        """Planned peak of a run of `epochs` epochs (one epoch never holds the best-state copy
-        next to a training step's activations)."""
-        phases = [p for p in self.phases if epochs > 1 or p != "training, later epochs"]
-        return max(self.phase_bytes(p) for p in phases)
+    def peak_phase_for(self, epochs: int | None) -> str:
+        """The phase of the planned peak of a run of `epochs` epochs (None: any length; one
+        epoch never holds the best-state copy next to a training step's activations)."""
+        phases = [p for p in self.phases if epochs is None or epochs > 1 or "later" not in p]
+        return max(phases, key=self.phase_bytes)
+
+    def peak_bytes_for(self, epochs: int | None) -> int:
+        """Planned peak of a run of `epochs` epochs (None: any length)."""
+        return self.phase_bytes(self.peak_phase_for(epochs))
 
     def phase_bytes(self, phase: str) -> int:
         return sum(self.phases[phase].values())
@@ -210,19 +214,26 @@ class Plan:
         name = max(parts, key=parts.get)
         return name, parts[name]
 
-    def check_memory(self, available: int | None, *, what: str = "this run") -> str | None:
-        """The refusal message when the peak exceeds `available` bytes, else None."""
-        if available is None or self.peak_bytes <= available:
+    def check_memory(
+        self, available: int | None, *, what: str = "this run", epochs: int | None = None
+    ) -> str | None:
+        """The refusal message when the peak of a run of `epochs` epochs (None: any length)
+        exceeds `available` bytes, else None."""
+        phase = self.peak_phase_for(epochs)
+        peak = self.phase_bytes(phase)
+        if available is None or peak <= available:
             return None
-        part, size = self.dominant()
+        parts = self.phases[phase]
+        part = max(parts, key=parts.get)
+        size = parts[part]
         limit = (
             f"the limit is {_gb(available)} ({MEMORY_CHECK_VARIABLE})"
             if os.environ.get(MEMORY_CHECK_VARIABLE)
             else f"{_gb(available)} is available"
         )
         return (
-            f"{what} needs about {_gb(self.peak_bytes)} at its peak ({self.peak_phase}) but "
-            f"{limit}: {_gb(self.peak_bytes - available)} over; the "
+            f"{what} needs about {_gb(peak)} at its peak ({phase}) but "
+            f"{limit}: {_gb(peak - available)} over; the "
             f"largest part is {part} ({_gb(size)}). See `rearm plan` for the breakdown; "
             "--no-memory-check (or training key memory_check=false) trains anyway"
         )
@@ -816,7 +827,9 @@ def memory_refusal(config, dataset) -> str | None:
     if available is None:
         return None
     source = f"{config.model} on {dataset.source or 'the data set'}"
-    return plan_for_dataset(config, dataset).check_memory(available, what=source)
+    return plan_for_dataset(config, dataset).check_memory(
+        available, what=source, epochs=config.training["epochs"]
+    )
 
 
 def format_plan(result: Plan) -> str:
