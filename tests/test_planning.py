@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,3 +310,27 @@ def test_planned_peak_within_25_percent_of_measured(tmp_path):
     result = planning.plan(planning.data_shape(dataset), {}, {})
     planned = result.peak_bytes - planning.IMPORT_BASELINE
     assert planned == pytest.approx(measured, rel=0.25), (planned, measured, baseline)
+
+
+def test_synthetic_generator_pools_large_catalogs():
+    """Above 32,768 items each block of users draws from its own random pool of candidates:
+    valid, deterministic splits whose items spread over the catalog."""
+    from rearm.data import synth
+
+    items = synth._POOLED_ABOVE + 7000
+    first = make_synthetic(1200, items, {"image": 4}, seed=11, interactions_per_user=6)
+    second = make_synthetic(1200, items, {"image": 4}, seed=11, interactions_per_user=6)
+    for split in ("train", "valid", "test"):
+        a, b = first.split(split), second.split(split)
+        assert (a != b).nnz == 0
+        assert (np.diff(a.indptr) >= 1).all()  # every user has an item in every split
+    pairs = first.train + first.valid + first.test
+    assert pairs.max() == 1  # no pair drawn twice
+    # each block of users draws from one pool of 8,192 items; the blocks' pools differ, so the
+    # items spread over the whole catalog
+    block = synth._POOL_BLOCK
+    first_block = np.unique(pairs[:block].indices)
+    assert len(first_block) <= synth._CANDIDATE_POOL
+    assert pairs.indices.min() < 1000 and pairs.indices.max() > items - 1000
+    later = np.unique(pairs[block : 2 * block].indices)
+    assert len(np.setdiff1d(later, first_block)) > len(later) // 2
