@@ -678,7 +678,7 @@ def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> d
 
 def calibrate(*, repeats: int = 2) -> dict[str, float]:
     """Seconds per unit of each kind of work in a REARM step, timed on this machine at a small
-    size (best of `repeats`; about 19 CPU-seconds on the 2-core dev box): a dense [n, D] @ [D, 64]
+    size (best of `repeats`; a few tens of CPU-seconds): a dense [n, D] @ [D, 64]
     product (s per flop), a sparse CSR graph product (s per entry x column), fused AdamW (s per
     parameter), and two real REARM steps on small synthetic sets 4x apart in nodes, whose time
     beyond the parts above is split into a per node x column cost (elementwise passes, item
