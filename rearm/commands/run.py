@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="list the keys of --model (defaults, domains, meanings) and exit",
     )
+    train.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="train even when the planned peak memory exceeds what is available "
+        "(training.memory_check=false)",
+    )
     train.add_argument("--force", action="store_true", help="replace an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
@@ -93,6 +99,8 @@ def _train(args: argparse.Namespace) -> int:
         raise RunError("--out: required (the run directory to write)")
     if args.threads is not None:
         set_threads(args.threads)
+    if args.no_memory_check:
+        args.overrides = [*args.overrides, "memory_check=false"]
     config = config_from_args(
         args,
         model=args.model,

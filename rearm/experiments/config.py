@@ -37,6 +37,11 @@ TRAINING_TYPES: dict[str, Any] = {
     "cuda_graph": Annotated[
         bool, "capture the training step in a CUDA graph on a GPU (same numbers)"
     ],
+    "memory_check": Annotated[
+        bool,
+        "refuse, before building anything, a run whose planned peak memory (rearm plan) exceeds "
+        "the memory available",
+    ],
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 2000,
@@ -48,6 +53,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_every": 1,
     "precision": "fp32",
     "cuda_graph": True,
+    "memory_check": True,
 }
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "model": Annotated[Literal[MODEL_NAMES], "model to train"],

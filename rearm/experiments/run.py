@@ -168,6 +168,12 @@ def train_run(
         if dataset is None:
             progress.line(f"loading data from {config.data or 'the synthetic default'}")
             dataset = load_run_data(config.data)
+        if config.training["memory_check"]:
+            from rearm.planning import memory_refusal
+
+            refusal = memory_refusal(config, dataset)
+            if refusal is not None:
+                raise RunError(refusal)
         seed_everything(config.seed)
         model_class = get_model(config.model)
         progress.line(
