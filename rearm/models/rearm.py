@@ -380,7 +380,7 @@ class REARM(Recommender):
                 step = own * z_own
                 z_own = step if rows is None else torch.sparse.mm(rows, z_known) + step
                 z_known = torch.sparse.mm(self.item_homograph, z_known)
-        parts = F.normalize(z_own, dim=1).split(self.dim, dim=1)
+        parts = normalize_rows(z_own).split(self.dim, dim=1)
         views = self.attention(list(parts[1:]))
         rows = torch.cat(views + [parts[0]], dim=1) / (self.num_layers + 1)
         side_meta = None
