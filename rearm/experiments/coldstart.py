@@ -44,6 +44,7 @@ DEFAULT_FRACTION: Fraction = 0.1
 # fold-in variants the cold-users protocol compares: (method, least_squares confidence)
 FOLD_IN_VARIANTS: tuple[tuple[str, float | None], ...] = (
     ("mean", None),
+    ("least_squares", 0.01),
     ("least_squares", 0.1),
     ("least_squares", 1.0),
     ("least_squares", 10.0),
@@ -396,10 +397,7 @@ def cold_users_protocol(
     started = time.perf_counter()
     dataset = dataset if dataset is not None else load_run_data(config.data)
     protocol = get_protocol(config.protocol)
-    eligible = np.flatnonzero(
-        (dataset.train.getnnz(axis=1) > 0) & (dataset.test.getnnz(axis=1) > 0)
-    )
-    cold = _draw(eligible, fraction, config.seed, "users with train and test items")
+    cold = draw_cold_users(dataset, fraction, config.seed)
     warm = np.setdiff1d(np.arange(dataset.num_users), cold)
     progress.line(
         f"cold users: {len(cold)} of {dataset.num_users} users held out (seed {config.seed}); "
@@ -408,7 +406,41 @@ def cold_users_protocol(
     results = train_run(
         config, out / "run", force=force, dataset=subset_users(dataset, warm), progress=progress
     )
-    bundle = load_bundle(out / "run")
+    record = {
+        "protocol": "cold_users",
+        "model": config.model,
+        "preset": config.preset,
+        "data": config.data or "synthetic default",
+        "seed": config.seed,
+        "fraction": fraction,
+        "users": {"total": dataset.num_users, "cold": len(cold), "warm": len(warm)},
+        **evaluate_cold_users(out / "run", dataset, cold, protocol, progress),
+        "run": str(out / "run"),
+        "best_epoch": results["best_epoch"],
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / "results.json", record)
+    chosen, report = record["best_fold_in_by_valid"], record["cold_users"]
+    progress.line(
+        f"cold users' test Recall@20: {chosen} {report[chosen]['test']['Recall@20']:.4f}, "
+        f"popularity {report['popularity']['test']['Recall@20']:.4f}; trained users "
+        f"{record['warm_users']['trained']['Recall@20']:.4f} -> {out / 'results.json'}"
+    )
+    return record
+
+
+def evaluate_cold_users(
+    run_dir: str | os.PathLike, dataset: Dataset, cold: np.ndarray, protocol, progress=None
+) -> dict:
+    """The cold-users tables of a run trained on every user of `dataset` but `cold`: for the
+    held-out users, valid / test metrics of each fold-in variant (`FOLD_IN_VARIANTS`) and of
+    popularity among the training users; for the training users, their trained test metrics
+    and the same fold-in (fold-in quality without coldness). Reads the run's bundle only."""
+    say = progress.line if progress is not None else (lambda text: None)
+    bundle = load_bundle(run_dir)
+    warm = np.setdiff1d(np.arange(dataset.num_users), cold)
+    if bundle.num_users != len(warm) or bundle.num_items != dataset.num_items:
+        raise ColdStartError(f"{run_dir}: was not trained on these {len(warm)} users")
     gram = item_gram(bundle.item_repr)
     history = dataset.train[cold]
     masks = {split: protocol.mask_matrix(dataset, split)[cold] for split in ("valid", "test")}
@@ -419,60 +451,44 @@ def cold_users_protocol(
         report["popularity"][split] = _metrics(
             scores, dataset.split(split)[cold], masks[split], protocol.ks
         )
+    warm_data = subset_users(dataset, warm)
+    warm_mask = protocol.mask_matrix(warm_data, "test")
+    trained = bundle.evaluate("test")
+    warm_report = {"trained": {k: trained[k] for k in REPORTED if k in trained}}
     timings = {}
     for method, confidence in FOLD_IN_VARIANTS:
         name = _variant_name(method, confidence)
-        begin = time.perf_counter()
         options = {} if confidence is None else {"confidence": confidence, "gram": gram}
+        begin = time.perf_counter()
         vectors = fold_in_users(bundle.item_repr, history, method, **options)
         timings[name] = round(time.perf_counter() - begin, 4)
-        report[name] = {}
-        for split in ("valid", "test"):
-            report[name][split] = _metrics(
-                vectors @ bundle.item_repr.T,
-                dataset.split(split)[cold],
-                masks[split],
-                protocol.ks,
+        report[name] = {
+            split: _metrics(
+                vectors @ bundle.item_repr.T, dataset.split(split)[cold], masks[split], protocol.ks
             )
-        progress.line(
-            f"fold-in {name}: cold users' test Recall@20 {report[name]['test']['Recall@20']:.4f}"
-        )
-    # the same fold-in for users the model was trained on: fold-in quality without coldness
-    warm_data = subset_users(dataset, warm)
-    warm_history = warm_data.train
-    warm_mask = protocol.mask_matrix(warm_data, "test")
-    warm_report = {"trained": {k: results["test"][k] for k in REPORTED if k in results["test"]}}
-    for method, confidence in FOLD_IN_VARIANTS:
-        options = {} if confidence is None else {"confidence": confidence, "gram": gram}
-        vectors = fold_in_users(bundle.item_repr, warm_history, method, **options)
-        warm_report[_variant_name(method, confidence)] = _metrics(
+            for split in ("valid", "test")
+        }
+        say(f"fold-in {name}: cold users' test Recall@20 {report[name]['test']['Recall@20']:.4f}")
+        vectors = fold_in_users(bundle.item_repr, warm_data.train, method, **options)
+        warm_report[name] = _metrics(
             vectors @ bundle.item_repr.T, warm_data.test, warm_mask, protocol.ks
         )
     variants = [_variant_name(m, c) for m, c in FOLD_IN_VARIANTS]
-    chosen = max(variants, key=lambda name: report[name]["valid"]["Recall@20"])
-    record = {
-        "protocol": "cold_users",
-        "model": config.model,
-        "preset": config.preset,
-        "data": config.data or "synthetic default",
-        "seed": config.seed,
-        "fraction": fraction,
-        "users": {"total": dataset.num_users, "cold": len(cold), "warm": len(warm)},
+    return {
         "cold_users": report,
         "warm_users": warm_report,
-        "best_fold_in_by_valid": chosen,
+        "best_fold_in_by_valid": max(variants, key=lambda n: report[n]["valid"]["Recall@20"]),
         "fold_in_s": timings,
-        "run": str(out / "run"),
-        "best_epoch": results["best_epoch"],
-        "total_s": round(time.perf_counter() - started, 1),
     }
-    write_json(out / "results.json", record)
-    progress.line(
-        f"cold users' test Recall@20: {chosen} {report[chosen]['test']['Recall@20']:.4f}, "
-        f"popularity {report['popularity']['test']['Recall@20']:.4f}; trained users "
-        f"{warm_report['trained']['Recall@20']:.4f} -> {out / 'results.json'}"
+
+
+def draw_cold_users(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
+    """The held-out users of the cold-users protocol (ascending), among the users with train and
+    test items; deterministic in `seed`."""
+    eligible = np.flatnonzero(
+        (dataset.train.getnnz(axis=1) > 0) & (dataset.test.getnnz(axis=1) > 0)
     )
-    return record
+    return _draw(eligible, fraction, seed, "users with train and test items")
 
 
 def _variant_name(method: str, confidence: float | None) -> str:
@@ -621,6 +637,8 @@ __all__ = [
     "cold_items_protocol",
     "cold_users_protocol",
     "content_knn_scores",
+    "draw_cold_users",
+    "evaluate_cold_users",
     "read_new_items",
     "rebuild_model",
 ]
