@@ -31,7 +31,13 @@ import torch
 from rearm.data.dataset import Dataset
 from rearm.errors import ColdStartError, DataError, RunError
 from rearm.experiments.bundle import BUNDLE_DIR, Bundle, load_bundle
-from rearm.experiments.fold_in import FOLD_IN_METHODS, fold_in_users, item_gram
+from rearm.experiments.fold_in import (
+    FOLD_IN_METHODS,
+    FOLD_IN_VARIANTS,
+    fold_in_users,
+    item_gram,
+    variant_name,
+)
 from rearm.io import atomic_open, file_sha256, staged_folder, write_json
 from rearm.models.base import Range
 
@@ -40,15 +46,6 @@ REPORTED = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "num_users")
 
 Fraction = Annotated[float, Range(gt=0, lt=1), "share of users / items held out"]
 DEFAULT_FRACTION: Fraction = 0.1
-
-# fold-in variants the cold-users protocol compares: (method, least_squares confidence)
-FOLD_IN_VARIANTS: tuple[tuple[str, float | None], ...] = (
-    ("mean", None),
-    ("least_squares", 0.01),
-    ("least_squares", 0.1),
-    ("least_squares", 1.0),
-    ("least_squares", 10.0),
-)
 
 
 # ------------------------------------------------------------------------------------------
@@ -457,7 +454,7 @@ def evaluate_cold_users(
     warm_report = {"trained": {k: trained[k] for k in REPORTED if k in trained}}
     timings = {}
     for method, confidence in FOLD_IN_VARIANTS:
-        name = _variant_name(method, confidence)
+        name = variant_name(method, confidence)
         options = {} if confidence is None else {"confidence": confidence, "gram": gram}
         begin = time.perf_counter()
         vectors = fold_in_users(bundle.item_repr, history, method, **options)
@@ -473,7 +470,7 @@ def evaluate_cold_users(
         warm_report[name] = _metrics(
             vectors @ bundle.item_repr.T, warm_data.test, warm_mask, protocol.ks
         )
-    variants = [_variant_name(m, c) for m, c in FOLD_IN_VARIANTS]
+    variants = [variant_name(m, c) for m, c in FOLD_IN_VARIANTS]
     return {
         "cold_users": report,
         "warm_users": warm_report,
@@ -489,10 +486,6 @@ def draw_cold_users(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
         (dataset.train.getnnz(axis=1) > 0) & (dataset.test.getnnz(axis=1) > 0)
     )
     return _draw(eligible, fraction, seed, "users with train and test items")
-
-
-def _variant_name(method: str, confidence: float | None) -> str:
-    return method if confidence is None else f"{method}(confidence={confidence:g})"
 
 
 def content_knn_scores(
