@@ -3,9 +3,10 @@ deviation over the seeds found.
 
     python benchmarks/coldstart.py OUT_DIR [OUT_DIR ...] [--reevaluate] [--json]
 
-Each OUT_DIR is a folder written by `rearm coldstart`. With --reevaluate, the cold-users tables
-are recomputed from the saved run (no training: the same seeded draw, every fold-in variant of
-the current code), so variants added after a study ran are measured on the same models.
+Each OUT_DIR is a folder written by `rearm coldstart`. With --reevaluate, the tables are
+recomputed from the saved runs (no training: the same seeded draw, every fold-in variant and
+every view of the current code), so what was added after a study ran is measured on the same
+models.
 """
 
 from __future__ import annotations
@@ -20,15 +21,26 @@ from pathlib import Path
 
 def reevaluate(folder: Path, record: dict) -> dict:
     from rearm.evaluation.protocol import get_protocol
+    from rearm.experiments import coldstart
     from rearm.experiments.bundle import load_bundle
-    from rearm.experiments.coldstart import draw_cold_users, evaluate_cold_users
     from rearm.experiments.run import load_run_data
 
     config = load_bundle(folder / "run").meta["config"]
     dataset = load_run_data(config["data"])
-    cold = draw_cold_users(dataset, record["fraction"], record["seed"])
     protocol = get_protocol(config["protocol"])
-    return {**record, **evaluate_cold_users(folder / "run", dataset, cold, protocol)}
+    if record["protocol"] == "cold_users":
+        cold = coldstart.draw_cold_users(dataset, record["fraction"], record["seed"])
+        return {**record, **coldstart.evaluate_cold_users(folder / "run", dataset, cold, protocol)}
+    cold = coldstart.draw_cold_items(dataset, record["fraction"], record["seed"])
+    warm_run = folder / "warm_run"
+    found = coldstart.evaluate_cold_items(
+        folder / "run",
+        dataset,
+        cold,
+        protocol,
+        warm_run=warm_run if (warm_run / "model").is_dir() else None,
+    )
+    return {**record, **found}
 
 
 def mean_std(values: list[float]) -> str:
@@ -54,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(path.read_text())
         key = (record["protocol"], record["model"])
         seeds[key].append(record["seed"])
+        if args.reevaluate:
+            print(f"re-evaluating {folder}", file=sys.stderr)
+            record = reevaluate(folder, record)
+            with open(path.with_name("results.reevaluated.json"), "w") as handle:
+                json.dump(record, handle, indent=1)
         if record["protocol"] == "cold_users":
-            if args.reevaluate:
-                record = reevaluate(folder, record)
             rows = users[record["model"]]
             rows["trained users (their test)"].append(record["warm_users"]["trained"])
             for name, row in record["cold_users"].items():
@@ -67,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = items[record["model"]]
             for name, row in record["cold_items"].items():
-                rows[name].append(row)
+                rows[f"{name}, among all items"].append(row)
+            for name, row in record.get("cold_items_among_themselves", {}).items():
+                rows[f"{name}, among the held-out items only"].append(row)
     out = {"users": users, "items": items}
     if args.json:
         print(json.dumps(out, indent=1, default=dict))

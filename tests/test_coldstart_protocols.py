@@ -96,6 +96,10 @@ def test_cold_items_protocol(small, tmp_path, model):
     users = rows["model"]["num_users"]
     assert users == record["evaluated_users"] > 0
     assert all(row["num_users"] == users for row in rows.values())
+    among = record["cold_items_among_themselves"]
+    assert set(among) == set(rows)
+    # among the held-out items only, the same users find at least as much
+    assert all(among[name]["Recall@20"] >= rows[name]["Recall@20"] for name in rows)
     from rearm.experiments.bundle import load_bundle
 
     assert load_bundle(tmp_path / "out" / "run").num_items == 80 - record["items"]["cold"]
