@@ -121,6 +121,13 @@ class Bundle:
         return item_gram(self.item_repr)
 
     @cached_property
+    def fold_in_inverse(self) -> np.ndarray:
+        """(V^T V + lambda I)^-1, shared by every least-squares fold-in of this bundle."""
+        from rearm.experiments.fold_in import shared_inverse
+
+        return shared_inverse(self.item_gram)
+
+    @cached_property
     def fold_in_choice(self) -> dict:
         """The fold-in variant this bundle uses, chosen once on its own trained users' valid
         items (`rearm.experiments.fold_in.choose_fold_in`; about a second for a Baby-sized
@@ -151,7 +158,7 @@ class Bundle:
         choice = self.fold_in_choice
         options = {}
         if choice["confidence"] is not None:
-            options = {"confidence": choice["confidence"], "gram": self.item_gram}
+            options = {"confidence": choice["confidence"], "inverse": self.fold_in_inverse}
         return fold_in_users(self.item_repr, history, choice["method"], **options)[0]
 
     def recommend_from_items(

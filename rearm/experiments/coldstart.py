@@ -36,6 +36,7 @@ from rearm.experiments.fold_in import (
     FOLD_IN_VARIANTS,
     fold_in_users,
     item_gram,
+    shared_inverse,
     variant_name,
 )
 from rearm.io import atomic_open, file_sha256, staged_folder, write_json
@@ -438,7 +439,7 @@ def evaluate_cold_users(
     warm = np.setdiff1d(np.arange(dataset.num_users), cold)
     if bundle.num_users != len(warm) or bundle.num_items != dataset.num_items:
         raise ColdStartError(f"{run_dir}: was not trained on these {len(warm)} users")
-    gram = item_gram(bundle.item_repr)
+    inverse = shared_inverse(item_gram(bundle.item_repr))
     history = dataset.train[cold]
     masks = {split: protocol.mask_matrix(dataset, split)[cold] for split in ("valid", "test")}
     popularity = np.asarray(dataset.train[warm].sum(axis=0)).ravel()
@@ -455,7 +456,7 @@ def evaluate_cold_users(
     timings = {}
     for method, confidence in FOLD_IN_VARIANTS:
         name = variant_name(method, confidence)
-        options = {} if confidence is None else {"confidence": confidence, "gram": gram}
+        options = {} if confidence is None else {"confidence": confidence, "inverse": inverse}
         begin = time.perf_counter()
         vectors = fold_in_users(bundle.item_repr, history, method, **options)
         timings[name] = round(time.perf_counter() - begin, 4)

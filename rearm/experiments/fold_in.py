@@ -83,10 +83,10 @@ def choose_fold_in(
     measured: dict[str, float] = {}
     best = ("mean", None)
     if len(users):
-        gram = item_gram(item_repr) if gram is None else gram
+        inverse = shared_inverse(item_gram(item_repr) if gram is None else gram)
         history, heldout = train[users], valid[users]
         for method, confidence in FOLD_IN_VARIANTS:
-            options = {} if confidence is None else {"confidence": confidence, "gram": gram}
+            options = {} if confidence is None else {"confidence": confidence, "inverse": inverse}
             vectors = fold_in_users(item_repr, history, method, **options)
             recall = rank_metrics(vectors @ item_repr.T, heldout, exclude=history, ks=(20,))
             measured[variant_name(method, confidence)] = recall["Recall@20"]
@@ -107,12 +107,20 @@ def item_gram(item_repr: np.ndarray) -> np.ndarray:
     return table.T @ table
 
 
+def shared_inverse(gram: np.ndarray, ridge: float = 0.01) -> np.ndarray:
+    """M^-1 = (V^T V + lambda I)^-1, lambda = ridge * trace(V^T V) / D: the part of the
+    least-squares fold-in shared by every user ([D, D], float64)."""
+    dim = gram.shape[0]
+    return np.linalg.inv(gram + ridge * np.trace(gram) / dim * np.eye(dim))
+
+
 def fold_in_users(
     item_repr: np.ndarray,
     history: sp.csr_matrix,
     method: FoldInMethod = DEFAULT_FOLD_IN,
     *,
     gram: np.ndarray | None = None,
+    inverse: np.ndarray | None = None,
     confidence: Confidence = DEFAULT_CONFIDENCE,
     ridge: Ridge = DEFAULT_RIDGE,
     block: int = 128,
@@ -128,7 +136,13 @@ def fold_in_users(
         return mean(item_repr, history)
     if method == "least_squares":
         return least_squares(
-            item_repr, history, gram=gram, confidence=confidence, ridge=ridge, block=block
+            item_repr,
+            history,
+            gram=gram,
+            inverse=inverse,
+            confidence=confidence,
+            ridge=ridge,
+            block=block,
         )
     raise ValueError(f"unknown fold-in method {method!r}; expected one of {FOLD_IN_METHODS}")
 
@@ -147,6 +161,7 @@ def least_squares(
     history: sp.csr_matrix,
     *,
     gram: np.ndarray | None = None,
+    inverse: np.ndarray | None = None,
     confidence: Confidence = DEFAULT_CONFIDENCE,
     ridge: Ridge = DEFAULT_RIDGE,
     block: int = 128,
@@ -156,11 +171,17 @@ def least_squares(
     alpha = confidence * I / |S| weighs the user's |S| positives as much, in total, as
     `confidence` times the I implicit zeros (so a user with few items is not drowned by the
     rest of the catalogue); lambda = ridge * trace(V^T V) / D scales the ridge with the table.
-    Solved in blocks of users as stacked [D, D] systems (no Python loop over users)."""
+
+    With M = V^T V + lambda I shared by every user, the Woodbury identity turns each user's
+    [D, D] system into an [|S|, |S|] one: with W = V_S M^-1 and y = (1 + alpha) W^T 1,
+    u = y - W^T (I / alpha + W V_S^T)^-1 V_S y. Users are solved in blocks as stacked systems
+    padded to the block's longest history (padding rows decouple: zero rows, unit diagonal)."""
     table = np.asarray(item_repr, dtype=np.float64)
     num_items, dim = table.shape
-    gram = item_gram(table) if gram is None else np.asarray(gram, dtype=np.float64)
-    lam = ridge * np.trace(gram) / dim
+    if inverse is None:  # `shared_inverse`, computed by the caller for many calls
+        gram = item_gram(table) if gram is None else np.asarray(gram, dtype=np.float64)
+        inverse = shared_inverse(gram, ridge)
+    shared = np.asarray(inverse, dtype=np.float64)
     counts = history.getnnz(axis=1)
     out = np.zeros((history.shape[0], dim), dtype=np.float32)
     # users in order of history length, so each block pads its item lists to similar lengths
@@ -171,13 +192,19 @@ def least_squares(
         rows = history[users]
         size = rows.getnnz(axis=1)
         alpha = confidence * num_items / size
-        # padded item tables [b, longest, D]; zero rows add nothing to V_S^T V_S or V_S^T 1
-        padded = np.zeros((len(users), int(size.max()), dim))
+        longest = int(size.max())
+        # padded item tables [b, longest, D]
+        padded = np.zeros((len(users), longest, dim))
+        owner = np.repeat(np.arange(len(users)), size)
         slot = np.arange(rows.nnz) - np.repeat(rows.indptr[:-1], size)
-        padded[np.repeat(np.arange(len(users)), size), slot] = table[rows.indices]
-        positive = np.einsum("bsd,bse->bde", padded, padded)
-        target = padded.sum(axis=1)
-        system = gram[None] + alpha[:, None, None] * positive + lam * np.eye(dim)[None]
-        solution = np.linalg.solve(system, ((1.0 + alpha)[:, None] * target)[:, :, None])
-        out[users] = solution[:, :, 0]
+        padded[owner, slot] = table[rows.indices]
+        # W = V_S M^-1 as one [b s, D] x [D, D] product (stacked products are slow to thread)
+        weighted = (padded.reshape(-1, dim) @ shared).reshape(padded.shape)
+        y = (1.0 + alpha)[:, None] * weighted.sum(axis=1)
+        small = np.einsum("bsd,btd->bst", weighted, padded)  # W V_S^T [b, s, s]
+        diagonal = np.where(np.arange(longest)[None, :] < size[:, None], 1.0 / alpha[:, None], 1.0)
+        small[:, np.arange(longest), np.arange(longest)] += diagonal
+        rhs = np.einsum("bsd,bd->bs", padded, y)
+        z = np.linalg.solve(small, rhs[:, :, None])[:, :, 0]
+        out[users] = y - np.einsum("bsd,bs->bd", weighted, z)
     return out
