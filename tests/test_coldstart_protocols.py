@@ -80,6 +80,13 @@ def test_cold_users_protocol(small, tmp_path):
     # the same seed draws the same users; results are not overwritten without force
     with pytest.raises(Exception, match="already holds cold-start results"):
         cold_users_protocol(config, tmp_path / "out", dataset=small, progress=quiet())
+    # --reuse evaluates the saved run again without training it (same numbers)
+    stamp = (tmp_path / "out" / "run" / "model" / "weights.pt").stat().st_mtime_ns
+    again = cold_users_protocol(
+        config, tmp_path / "out", dataset=small, reuse=True, progress=quiet()
+    )
+    assert (tmp_path / "out" / "run" / "model" / "weights.pt").stat().st_mtime_ns == stamp
+    assert again["cold_users"] == record["cold_users"]
 
 
 @pytest.mark.parametrize("model", ["rearm", "vbpr", "freedom"])

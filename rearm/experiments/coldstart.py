@@ -362,14 +362,29 @@ def _rank(scores, heldout, exclude, ks) -> dict:
     return rank_metrics(np.asarray(scores, dtype=np.float32), heldout, exclude=exclude, ks=ks)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _prepare_out(out: Path, force: bool, reuse: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
-    if (out / "results.json").exists() and not force:
+    if (out / "results.json").exists() and not (force or reuse):
         raise RunError(f"--out {out}: already holds cold-start results (use --force)")
     if out.is_dir() and any(out.iterdir()) and not (out / "results.json").exists() and not force:
         if not any((out / name).is_dir() for name in ("run", "warm_run")):
             raise RunError(f"--out {out}: directory is not empty and holds no cold-start study")
+
+
+def _train_or_reuse(config, folder: Path, dataset: Dataset, reuse: bool, force: bool, progress):
+    """train_run, or with `reuse` the complete run already in `folder` (its results.json)."""
+    from rearm.experiments.run import train_run
+    from rearm.experiments.status import read_status
+
+    record = read_status(folder) if folder.is_dir() else None
+    if reuse and record is not None and record["status"] == "complete":
+        results = json.loads((folder / "results.json").read_text())
+        if results.get("model") != config.model or results.get("seed") != config.seed:
+            raise ColdStartError(f"--reuse: {folder} holds another model or seed")
+        progress.line(f"reusing the complete run in {folder}")
+        return results
+    return train_run(config, folder, force=force, dataset=dataset, progress=progress)
 
 
 def cold_users_protocol(
@@ -379,6 +394,7 @@ def cold_users_protocol(
     fraction: Fraction = DEFAULT_FRACTION,
     dataset: Dataset | None = None,
     force: bool = False,
+    reuse: bool = False,
     progress=None,
 ) -> dict:
     """Hold out `fraction` of the users that have train and test items (drawn with
@@ -386,12 +402,12 @@ def cold_users_protocol(
     users in from their train items with each fold-in variant, and report their valid / test
     metrics against the trained users' and item popularity. Writes OUT/results.json."""
     from rearm.evaluation.protocol import get_protocol
-    from rearm.experiments.run import load_run_data, train_run
+    from rearm.experiments.run import load_run_data
     from rearm.training.trainer import Progress
 
     progress = progress or Progress()
     out = Path(out)
-    _prepare_out(out, force)
+    _prepare_out(out, force, reuse)
     started = time.perf_counter()
     dataset = dataset if dataset is not None else load_run_data(config.data)
     protocol = get_protocol(config.protocol)
@@ -401,8 +417,8 @@ def cold_users_protocol(
         f"cold users: {len(cold)} of {dataset.num_users} users held out (seed {config.seed}); "
         f"training {config.model} on the other {len(warm)}"
     )
-    results = train_run(
-        config, out / "run", force=force, dataset=subset_users(dataset, warm), progress=progress
+    results = _train_or_reuse(
+        config, out / "run", subset_users(dataset, warm), reuse, force, progress
     )
     record = {
         "protocol": "cold_users",
@@ -515,6 +531,7 @@ def cold_items_protocol(
     warm: bool = True,
     dataset: Dataset | None = None,
     force: bool = False,
+    reuse: bool = False,
     progress=None,
 ) -> dict:
     """Hide `fraction` of the items with test interactions (drawn with config.seed) from
@@ -524,7 +541,7 @@ def cold_items_protocol(
     baseline and, with `warm`, the same model trained with them (OUT/warm_run). Writes
     OUT/results.json."""
     from rearm.evaluation.protocol import get_protocol
-    from rearm.experiments.run import load_run_data, train_run
+    from rearm.experiments.run import load_run_data
     from rearm.models import get_model
     from rearm.training.trainer import Progress
 
@@ -536,7 +553,7 @@ def cold_items_protocol(
             f"{config.model} has no item features: it cannot represent an item without "
             "interactions, so there is no cold-items protocol for it"
         )
-    _prepare_out(out, force)
+    _prepare_out(out, force, reuse)
     started = time.perf_counter()
     dataset = dataset if dataset is not None else load_run_data(config.data)
     protocol = get_protocol(config.protocol)
@@ -546,12 +563,12 @@ def cold_items_protocol(
         f"cold items: {len(cold)} of {dataset.num_items} items hidden from training "
         f"(seed {config.seed}); training {config.model} on the other {len(kept)}"
     )
-    results = train_run(
-        config, out / "run", force=force, dataset=subset_items(dataset, kept), progress=progress
+    results = _train_or_reuse(
+        config, out / "run", subset_items(dataset, kept), reuse, force, progress
     )
     if warm:
         progress.line(f"training {config.model} with the held-out items (warm reference)")
-        train_run(config, out / "warm_run", force=force, dataset=dataset, progress=progress)
+        _train_or_reuse(config, out / "warm_run", dataset, reuse, force, progress)
     record = {
         "protocol": "cold_items",
         "model": config.model,
