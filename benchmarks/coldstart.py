@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     users: dict = defaultdict(lambda: defaultdict(list))
     items: dict = defaultdict(lambda: defaultdict(list))
     seeds: dict = defaultdict(list)
+    choices: dict = defaultdict(list)
     for folder in args.folders:
         path = folder / "results.json"
         if not path.is_file():
@@ -73,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(record, handle, indent=1)
         if record["protocol"] == "cold_users":
             rows = users[record["model"]]
-            rows["trained users (their test)"].append(record["warm_users"]["trained"])
+            rows["trained users (their own test)"].append(record["warm_users"]["trained"])
             for name, row in record["cold_users"].items():
                 label = "popularity" if name == "popularity" else f"fold-in {name}"
                 rows[label].append(row["test"])
-                if name != "popularity":
-                    rows[f"valid: fold-in {name}"].append(row["valid"])
+            if "bundle_fold_in" in record:
+                chosen = record["bundle_fold_in"]["name"]
+                rows["fold-in as `Bundle.fold_in` chooses"].append(
+                    record["cold_users"][chosen]["test"]
+                )
+                choices[record["model"]].append(chosen)
         else:
             rows = items[record["model"]]
             for name, row in record["cold_items"].items():
@@ -90,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1, default=dict))
         return 0
     for model, rows in users.items():
-        print(f"\ncold users, {model}, seeds {sorted(seeds[('cold_users', model)])}")
+        print(
+            f"\ncold users, {model}, seeds {sorted(seeds[('cold_users', model)])}, test; "
+            f"Bundle.fold_in chose {choices[model]}"
+        )
         print("| users, method | Recall@20 | NDCG@20 | users |")
         print("|---|---|---|---|")
         for label, values in rows.items():
