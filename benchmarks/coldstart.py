@@ -43,6 +43,11 @@ def reevaluate(folder: Path, record: dict) -> dict:
     return {**record, **found}
 
 
+def count(values: list[dict]) -> str:
+    low, high = min(v["num_users"] for v in values), max(v["num_users"] for v in values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, values in rows.items():
             print(
                 f"| {label} | {mean_std([v['Recall@20'] for v in values])} | "
-                f"{mean_std([v['NDCG@20'] for v in values])} | {values[0]['num_users']} |"
+                f"{mean_std([v['NDCG@20'] for v in values])} | {count(values)} |"
             )
     for model, rows in items.items():
         print(f"\ncold items, {model}, seeds {sorted(seeds[('cold_items', model)])}")
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, values in rows.items():
             print(
                 f"| {label} | {mean_std([v['Recall@20'] for v in values])} | "
-                f"{mean_std([v['NDCG@20'] for v in values])} | {values[0]['num_users']} |"
+                f"{mean_std([v['NDCG@20'] for v in values])} | {count(values)} |"
             )
     return 0
 
