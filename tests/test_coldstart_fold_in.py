@@ -9,7 +9,13 @@ import scipy.sparse as sp
 
 from rearm.errors import RunError, UnknownItemError
 from rearm.experiments.bundle import Bundle
-from rearm.experiments.fold_in import FOLD_IN_METHODS, fold_in_users
+from rearm.experiments.fold_in import (
+    FOLD_IN_METHODS,
+    FOLD_IN_VARIANTS,
+    choose_fold_in,
+    fold_in_users,
+    variant_name,
+)
 
 
 def planted_bundle(num_users=60, num_items=300, dim=16, history=25, seed=0, item_ids=True):
@@ -120,3 +126,46 @@ def test_fold_in_errors():
         bundle.recommend_from_items(["i1"], exclude=["gone"])
     with pytest.raises(RunError, match="-k must be >= 1"):
         bundle.recommend_from_items(["i1"], k=0)
+
+
+def with_valid(bundle, start=25, count=5):
+    """Valid items: each planted user's next `count` items after its train items."""
+    top = np.argsort(-(bundle.user_repr @ bundle.item_repr.T), axis=1)[:, start : start + count]
+    bundle.interactions["valid"] = sp.csr_matrix(
+        (np.ones(top.size, dtype=np.float32), top.ravel(), np.arange(0, top.size + 1, count)),
+        shape=bundle.split("train").shape,
+    )
+    return bundle
+
+
+def test_the_bundle_chooses_its_fold_in_on_its_valid_items():
+    bundle = with_valid(planted_bundle())
+    choice = bundle.fold_in_choice
+    assert choice["users"] == 60
+    assert list(choice["valid_recall_at_20"]) == [variant_name(m, c) for m, c in FOLD_IN_VARIANTS]
+    best = max(choice["valid_recall_at_20"].values())
+    assert choice["valid_recall_at_20"][choice["name"]] == best
+    # planted users' next items are found far better than at random (20 / 275 ~ 0.07)
+    assert best > 0.5
+    items = [f"i{i}" for i in bundle.split("train")[3].indices]
+    options = {} if choice["confidence"] is None else {"confidence": choice["confidence"]}
+    expected = fold_in_users(
+        bundle.item_repr, bundle.split("train")[3], choice["method"], **options
+    )[0]
+    np.testing.assert_allclose(bundle.fold_in(items), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_choice_samples_users_and_falls_back_to_the_mean():
+    bundle = with_valid(planted_bundle())
+    sampled = choose_fold_in(
+        bundle.item_repr, bundle.split("train"), bundle.split("valid"), sample=10
+    )
+    assert sampled["users"] == 10
+    empty = planted_bundle()  # no valid items at all
+    assert empty.fold_in_choice == {
+        "method": "mean",
+        "confidence": None,
+        "name": "mean",
+        "valid_recall_at_20": {},
+        "users": 0,
+    }

@@ -80,6 +80,13 @@ def test_cold_users_protocol(small, tmp_path):
     # the same seed draws the same users; results are not overwritten without force
     with pytest.raises(Exception, match="already holds cold-start results"):
         cold_users_protocol(config, tmp_path / "out", dataset=small, progress=quiet())
+    # --reuse evaluates the saved run again without training it (same numbers)
+    stamp = (tmp_path / "out" / "run" / "model" / "weights.pt").stat().st_mtime_ns
+    again = cold_users_protocol(
+        config, tmp_path / "out", dataset=small, reuse=True, progress=quiet()
+    )
+    assert (tmp_path / "out" / "run" / "model" / "weights.pt").stat().st_mtime_ns == stamp
+    assert again["cold_users"] == record["cold_users"]
 
 
 @pytest.mark.parametrize("model", ["rearm", "vbpr", "freedom"])
@@ -96,6 +103,10 @@ def test_cold_items_protocol(small, tmp_path, model):
     users = rows["model"]["num_users"]
     assert users == record["evaluated_users"] > 0
     assert all(row["num_users"] == users for row in rows.values())
+    among = record["cold_items_among_themselves"]
+    assert set(among) == set(rows)
+    # among the held-out items only, the same users find at least as much
+    assert all(among[name]["Recall@20"] >= rows[name]["Recall@20"] for name in rows)
     from rearm.experiments.bundle import load_bundle
 
     assert load_bundle(tmp_path / "out" / "run").num_items == 80 - record["items"]["cold"]

@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cold.add_argument("--out", required=True, help="folder for results.json and the runs")
     cold.add_argument("--force", action="store_true", help="replace results and runs in --out")
+    cold.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate the complete runs already in --out instead of training them again",
+    )
     cold.add_argument("--quiet", action="store_true", help="no progress output")
     cold.set_defaults(handler=_coldstart)
 
@@ -96,7 +101,12 @@ def _coldstart(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     if args.which == "users":
         record = cold_users_protocol(
-            config, args.out, fraction=args.fraction, force=args.force, progress=progress
+            config,
+            args.out,
+            fraction=args.fraction,
+            force=args.force,
+            reuse=args.reuse,
+            progress=progress,
         )
         best = record["best_fold_in_by_valid"]
         summary = {
@@ -112,6 +122,7 @@ def _coldstart(args: argparse.Namespace) -> int:
             fraction=args.fraction,
             warm=args.warm,
             force=args.force,
+            reuse=args.reuse,
             progress=progress,
         )
         summary = record["cold_items"]

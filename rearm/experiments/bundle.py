@@ -134,12 +134,33 @@ class Bundle:
 
         return item_gram(self.item_repr)
 
+    @cached_property
+    def fold_in_inverse(self) -> np.ndarray:
+        """(V^T V + lambda I)^-1, shared by every least-squares fold-in of this bundle."""
+        from rearm.experiments.fold_in import shared_inverse
+
+        return shared_inverse(self.item_gram)
+
+    @cached_property
+    def fold_in_choice(self) -> dict:
+        """The fold-in variant this bundle uses, chosen once on its own trained users' valid
+        items (`rearm.experiments.fold_in.choose_fold_in`; about a second for a Baby-sized
+        bundle, so a server may read it at start-up)."""
+        from rearm.experiments.fold_in import choose_fold_in
+
+        return choose_fold_in(
+            self.item_repr,
+            self.interactions["train"],
+            self.interactions["valid"],
+            gram=self.item_gram,
+        )
+
     def fold_in(self, item_ids: list[str]) -> np.ndarray:
         """A user vector [D] for a user the model has never seen, from the ids of the items that
-        user interacted with (repeats count once), by `rearm.experiments.fold_in.DEFAULT_FOLD_IN`
-        over the saved item table alone. RunError for an empty list, UnknownItemError for an
-        id the model does not know."""
-        from rearm.experiments.fold_in import DEFAULT_FOLD_IN, fold_in_users
+        user interacted with (repeats count once), over the saved item table alone, by the
+        variant of `fold_in_choice`. RunError for an empty list, UnknownItemError for an id the
+        model does not know."""
+        from rearm.experiments.fold_in import fold_in_users
 
         if not item_ids:
             raise RunError("items: give at least one item id to fold in a new user")
@@ -148,8 +169,11 @@ class Bundle:
             (np.ones(len(index), dtype=np.float32), index, [0, len(index)]),
             shape=(1, self.num_items),
         )
-        gram = self.item_gram if DEFAULT_FOLD_IN == "least_squares" else None
-        return fold_in_users(self.item_repr, history, DEFAULT_FOLD_IN, gram=gram)[0]
+        choice = self.fold_in_choice
+        options = {}
+        if choice["confidence"] is not None:
+            options = {"confidence": choice["confidence"], "inverse": self.fold_in_inverse}
+        return fold_in_users(self.item_repr, history, choice["method"], **options)[0]
 
     def recommend_from_items(
         self, item_ids: list[str], k: int = 20, exclude: list[str] | None = None
