@@ -176,9 +176,10 @@ def test_a_diverged_run_records_where_and_keeps_its_best_epoch(small_data, tmp_p
 
 def test_status_follows_the_run_and_a_failed_run_is_replaced(small_data, tmp_path, run_cli):
     out = tmp_path / "run"
-    code, _, _ = run_cli("train", "--model", "mf", "--data", small_data, "--epochs", "1",
-                         "--out", out, *FAST)  # fmt: skip
+    code, _, err = run_cli("train", "--model", "mf", "--data", small_data, "--epochs", "1",
+                           "--out", out, *FAST)  # fmt: skip
     assert code == 0 and json.loads((out / "status.json").read_text())["status"] == "complete"
+    assert "replacing" not in err  # a fresh --out holds only the run's own lock: nothing to replace
     code, _, err = run_cli("train", "--model", "mf", "--data", small_data, "--out", out, *FAST)
     assert code == 2 and "already holds a run (complete" in err
     from rearm.experiments.status import write_status

@@ -77,7 +77,7 @@ def check_run_dir(out: str | os.PathLike, force: bool, holding_lock: bool = Fals
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(path.name != LOCK_FILE for path in out.iterdir()):
         return None
     record = read_status(out)
     if record is None:

@@ -75,7 +75,8 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
         return record
     if (run_dir / "results.json").is_file():
         return {"status": "complete", "note": "no status.json (run written by an older rearm)"}
-    if any((run_dir / name).exists() for name in RUN_ARTIFACTS):
+    # the lock alone is not a run: a fresh run takes it before writing anything
+    if any((run_dir / name).exists() for name in RUN_ARTIFACTS if name != LOCK_FILE):
         return {"status": "failed", "error": "no status.json and no results.json"}
     return None
 
