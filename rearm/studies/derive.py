@@ -44,7 +44,7 @@ def derive_corrupted(
         dataset = load_run_data(source)
         fingerprint = dataset.fingerprint()
         for fraction in corruption["fractions"]:
-            folder = out / DATA_DIR / derived_name(source, corruption, fraction)
+            folder = out.resolve() / DATA_DIR / derived_name(source, corruption, fraction)
             request = {
                 "modality": corruption["modality"],
                 "mode": corruption["mode"],

@@ -231,7 +231,9 @@ def run_study(
     fingerprints = data_fingerprints(spec, line, loaded)
     rows, cells = expand_cells(spec, fingerprints, where=f"study {spec.name}")
     unique: dict[str, Cell] = {}
-    for cell in cells:
+    # seed by seed: a study stopped early has every row at its first seeds, not some rows at all
+    # seeds and others at none
+    for cell in sorted(cells, key=lambda c: (spec.seeds.index(c.seed), c.row)):
         unique.setdefault(cell.key, cell)
     if dry_run:
         for cell in unique.values():
