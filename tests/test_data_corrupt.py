@@ -284,3 +284,21 @@ def test_cli_synth_misalignment(tmp_path, run_cli):
     code, _, stderr = run_cli(*base, "--out", tmp_path / "bad", "--misalignment", "2")
     assert code == 2 and "--misalignment: must be in [0, 1]" in stderr
     assert not Path(tmp_path / "bad").exists()
+
+
+def test_trailing_items_without_interactions_are_kept_and_named(tmp_path, run_cli):
+    pairs = np.array([[0, 1, 2], [0, 1, 2]])
+    source = tmp_path / "src"
+    source.mkdir()
+    for split in ("train", "valid", "test"):
+        np.save(source / f"{split}.npy", pairs if split == "train" else pairs[:, :0])
+    np.save(source / "image_feat.npy", np.arange(10, dtype=np.float32).reshape(5, 2) + 1)
+    out = tmp_path / "dst"
+    code, stdout, stderr = run_cli(
+        "data", "corrupt", source, "--out", out, "--modality", "image", "--fraction", "0.5",
+        "--mode", "zero", "--num-items", "5",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "zero on 3 of 5 items" in stdout  # 2.5 rounds half up
+    assert f"read {out} with --num-items 5" in stdout
+    assert load_dataset(out, num_items=5).features["image"].shape == (5, 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 from rearm.commands import data_sources
 from rearm.data.corrupt import MANIFEST, corrupt_dataset
 from rearm.data.corrupt import MODES as CORRUPTION_MODES
+from rearm.data.dataset import SPLITS
 from rearm.data.describe import describe
 from rearm.data.readers import FORMATS, load_dataset
 from rearm.data.synth import (
@@ -192,6 +193,24 @@ def run_corrupt(args: argparse.Namespace) -> int:
         f"on {manifest['count']:,} of {dataset.num_items:,} items (fraction "
         f"{manifest['fraction']:g}, seed {manifest['seed']}); items in {Path(args.out) / MANIFEST}"
     )
+    # the REARM layout sizes users and items by the largest ids in the splits
+    items = max(int(dataset.split(name).indices.max(initial=-1)) for name in SPLITS) + 1
+    users = (
+        max(int(dataset.split(name).getnnz(axis=1).nonzero()[0].max(initial=-1)) for name in SPLITS)
+        + 1
+    )
+    flags = [
+        f"--{which} {size}"
+        for which, size, seen in (
+            ("num-users", dataset.num_users, users),
+            ("num-items", dataset.num_items, items),
+        )
+        if seen < size
+    ]
+    if flags:
+        print(
+            f"note: trailing users / items have no interactions; read {args.out} with {' '.join(flags)}"
+        )
     return 0
 
 

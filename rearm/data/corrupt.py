@@ -148,7 +148,12 @@ def corrupt_dataset(
             "fingerprint": dataset.fingerprint(),
         },
         **manifest,
-        "output": {"layout": "rearm", "fingerprint": derived.fingerprint()},
+        "output": {
+            "layout": "rearm",
+            "fingerprint": derived.fingerprint(),
+            "num_users": derived.num_users,
+            "num_items": derived.num_items,
+        },
     }
     with staged_folder(out) as stage:
         write_rearm_layout(derived, stage)
