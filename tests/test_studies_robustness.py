@@ -4,6 +4,7 @@ expansion, and the across-fraction report (p at each P with Holm over P, the deg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def test_robustness_template_expands_to_the_expected_runs(data_dir, tmp_path):
     spec = spec_from_dict(get_template("robustness"), "template robustness")
-    spec = spec.__class__(**{**spec.__dict__, "data": (str(data_dir),)})
+    spec = dataclasses.replace(spec, data=(str(data_dir),))
     out = tmp_path / "study"
     lines: list[str] = []
     result = run_study(spec, out, dry_run=True, line=lines.append)
