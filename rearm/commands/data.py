@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rearm.commands import data_sources
+from rearm.data.corrupt import MANIFEST, corrupt_dataset
+from rearm.data.corrupt import MODES as CORRUPTION_MODES
+from rearm.data.dataset import SPLITS
 from rearm.data.describe import describe
 from rearm.data.readers import FORMATS, load_dataset
 from rearm.data.synth import (
@@ -16,6 +20,7 @@ from rearm.data.synth import (
     write_rearm_layout,
 )
 from rearm.errors import DataError
+from rearm.io import write_json
 
 _DEFAULT_MODALITIES = ",".join(f"{name}:{dim}" for name, dim in DEFAULT_MODALITIES.items())
 
@@ -55,9 +60,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"NAME:DIM[,NAME:DIM...] (default {_DEFAULT_MODALITIES})",
     )
     synth.add_argument(
+        "--misalignment",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="fraction of items whose first modality (or --misaligned-modality) shows another "
+        "item's latent factors; listed in misalignment.json (default 0)",
+    )
+    synth.add_argument("--misaligned-modality", metavar="NAME", help="default the first modality")
+    synth.add_argument(
         "--force", action="store_true", help="write into a non-empty folder that is not a data set"
     )
     synth.set_defaults(handler=run_synth)
+
+    corrupt = commands.add_parser(
+        "corrupt",
+        help="write a copy of a data set with one modality altered for a fraction of items",
+        description="Write DST (REARM layout): the interactions of SRC with modality NAME "
+        "altered for round(P x items) items (half up), and corruption.json listing them. "
+        "shuffle: a derangement of the chosen rows; noise: Gaussian with the per-dimension "
+        "mean/std; zero: zeros; swap: another modality's rows times a fixed random projection.",
+    )
+    corrupt.add_argument("path", metavar="SRC", help="data set folder or interactions file")
+    corrupt.add_argument("--out", required=True, metavar="DST", help="new or empty folder")
+    corrupt.add_argument("--modality", required=True, metavar="NAME", help="modality to alter")
+    corrupt.add_argument(
+        "--fraction", required=True, type=float, metavar="P", help="fraction of items, in [0, 1]"
+    )
+    corrupt.add_argument("--mode", required=True, choices=CORRUPTION_MODES)
+    corrupt.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
+    corrupt.add_argument(
+        "--swap-with", metavar="NAME", help="swap: the other modality (default: the first other)"
+    )
+    add_reader_arguments(corrupt)
+    corrupt.set_defaults(handler=run_corrupt)
 
     data_sources.register(commands)
 
@@ -124,13 +160,57 @@ def run_info(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     modalities = parse_modalities(args.modalities)
     dataset = make_synthetic(
-        num_users=args.users, num_items=args.items, modalities=modalities, seed=args.seed
+        num_users=args.users,
+        num_items=args.items,
+        modalities=modalities,
+        seed=args.seed,
+        misalignment=args.misalignment,
+        misaligned_modality=args.misaligned_modality,
     )
     write_rearm_layout(dataset, args.out, force=args.force)
+    if "misalignment" in dataset.notes:
+        write_json(Path(args.out) / "misalignment.json", dataset.notes["misalignment"])
     card = describe(dataset)
     card["format"], card["source"] = "rearm", args.out
     print(f"wrote {args.out} (REARM layout)")
     print(format_card(card))
+    return 0
+
+
+def run_corrupt(args: argparse.Namespace) -> int:
+    dataset = load_from_args(args)
+    manifest = corrupt_dataset(
+        dataset,
+        args.out,
+        args.modality,
+        args.fraction,
+        args.mode,
+        args.seed,
+        swap_with=args.swap_with,
+    )
+    print(
+        f"wrote {args.out} (REARM layout): modality {manifest['modality']!r}, {manifest['mode']} "
+        f"on {manifest['count']:,} of {dataset.num_items:,} items (fraction "
+        f"{manifest['fraction']:g}, seed {manifest['seed']}); items in {Path(args.out) / MANIFEST}"
+    )
+    # the REARM layout sizes users and items by the largest ids in the splits
+    items = max(int(dataset.split(name).indices.max(initial=-1)) for name in SPLITS) + 1
+    users = (
+        max(int(dataset.split(name).getnnz(axis=1).nonzero()[0].max(initial=-1)) for name in SPLITS)
+        + 1
+    )
+    flags = [
+        f"--{which} {size}"
+        for which, size, seen in (
+            ("num-users", dataset.num_users, users),
+            ("num-items", dataset.num_items, items),
+        )
+        if seen < size
+    ]
+    if flags:
+        print(
+            f"note: trailing users / items have no interactions; read {args.out} with {' '.join(flags)}"
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 """Where data comes from: the Dataset representation, readers for the common layouts, the
 dataset card, the synthetic default data set, negative sampling and the graph cache."""
 
+from rearm.data.corrupt import corrupt_dataset, corrupt_features
 from rearm.data.dataset import SPLITS, Dataset, check_features
 from rearm.data.describe import describe, modality_stats
 from rearm.data.readers import FORMATS, detect_format, load_dataset
@@ -13,6 +14,8 @@ __all__ = [
     "DataError",
     "Dataset",
     "check_features",
+    "corrupt_dataset",
+    "corrupt_features",
     "describe",
     "detect_format",
     "load_dataset",

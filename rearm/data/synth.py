@@ -72,6 +72,8 @@ def make_synthetic(
     temperature: float = 0.35,
     popularity_skew: float = 0.8,
     heldout_fraction: float = 0.1,
+    misalignment: float = 0.0,
+    misaligned_modality: str | None = None,
 ) -> Dataset:
     """Generate a planted multi-modal data set (deterministic in `seed`).
 
@@ -85,6 +87,10 @@ def make_synthetic(
         temperature: lower = users follow their factors more sharply.
         popularity_skew: std of the log-normal item popularity bias.
         heldout_fraction: fraction of each user's items in valid and in test (>= 1 each).
+        misalignment: fraction P of items whose `misaligned_modality` features are generated
+            from another (random) item's latent factors (see `_misaligned_rows`); recorded in
+            `notes["misalignment"]`. 0 leaves the data set exactly as without it.
+        misaligned_modality: default the first modality.
 
     Returns:
         Dataset (format "synthetic") with train / valid / test CSR [num_users, num_items] and
@@ -92,6 +98,10 @@ def make_synthetic(
     """
     modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     _check_arguments(num_users, num_items, modalities, interactions_per_user, heldout_fraction)
+    misaligned = _misaligned_rows(num_items, misalignment, seed)
+    misaligned_modality = misaligned_modality or next(iter(modalities))
+    if misaligned_modality not in modalities:
+        raise DataError(f"--misaligned-modality: no modality {misaligned_modality!r}")
     rng = np.random.default_rng(seed)
     num_modalities = len(modalities)
     num_factors = shared_factors + unique_factors * num_modalities + hidden_factors
@@ -106,6 +116,8 @@ def make_synthetic(
         visible = np.hstack(
             [item_factors[:, :shared_factors], item_factors[:, start : start + unique_factors]]
         )
+        if name == misaligned_modality and len(misaligned[0]):
+            visible[misaligned[0]] = visible[misaligned[1]]
         projection = rng.standard_normal((visible.shape[1], dim)) / np.sqrt(visible.shape[1])
         signal = visible @ projection + feature_noise * rng.standard_normal((num_items, dim))
         if position % 2 == 0:
@@ -128,7 +140,7 @@ def make_synthetic(
         name: np.stack([users[split_of == code], items[split_of == code]])
         for code, name in enumerate(SPLITS)
     }
-    return Dataset.from_pairs(
+    dataset = Dataset.from_pairs(
         split_pairs,
         features,
         num_users=num_users,
@@ -136,6 +148,29 @@ def make_synthetic(
         source=f"synthetic(seed={seed})",
         format="synthetic",
     )
+    if misalignment:
+        dataset.notes["misalignment"] = {
+            "modality": misaligned_modality,
+            "fraction": float(misalignment),
+            "items": misaligned[0].tolist(),
+            "donors": misaligned[1].tolist(),
+        }
+    return dataset
+
+
+def _misaligned_rows(num_items: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items, donors): round-half-up(fraction * num_items) items, each paired with a random other
+    item whose latent factors its misaligned modality shows. A generator of its own (seeded by
+    (seed, 13)) keeps every other draw of `make_synthetic` identical to the aligned data set."""
+    if isinstance(fraction, bool) or not 0.0 <= float(fraction) <= 1.0:
+        raise DataError(f"--misalignment: must be in [0, 1], got {fraction!r}")
+    count = int(np.floor(fraction * num_items + 0.5))
+    rng = np.random.default_rng([seed, 13])
+    items = np.sort(rng.choice(num_items, size=count, replace=False))
+    # a uniform other item: draw from n - 1 and skip the item itself
+    donors = rng.integers(0, num_items - 1, size=count)
+    donors += donors >= items
+    return items.astype(np.int64), donors.astype(np.int64)
 
 
 def _check_arguments(

@@ -5,6 +5,7 @@ STUDY_DIR/
   study.json            spec, rows, cells (directory, key, status, seconds), status, timings
   runs/<name>-s<seed>-<key8>/   an ordinary run directory per cell (`rearm train`'s files)
   logs/<cell dir>.log   the cell's progress output
+  data/<name>/          data sets the spec derives (a `corruption` entry: rearm.studies.derive)
 
 A cell is complete when its run directory has results.json (the last file a run writes), the run
 was not interrupted, status.json (if present) says complete, and the configuration and data
@@ -55,11 +56,17 @@ def cell_complete(run_dir: str | os.PathLike, key: str) -> bool:
     return cell_key(config, fingerprint) == key
 
 
-def data_fingerprints(spec: StudySpec, line: Callable[[str], None]) -> dict[str | None, str]:
+def data_fingerprints(
+    spec: StudySpec, line: Callable[[str], None], loaded: dict | None = None
+) -> dict[str | None, str]:
+    """{data path: fingerprint}; `loaded` ({path: Dataset}) saves reading those again."""
     from rearm.experiments.run import load_run_data
 
     fingerprints = {}
     for path in spec.data:
+        if loaded and path in loaded:
+            fingerprints[path] = loaded[path].fingerprint()
+            continue
         line(f"reading {path or 'the synthetic default data set'}")
         fingerprints[path] = load_run_data(path).fingerprint()
     return fingerprints
@@ -83,6 +90,7 @@ class StudyRecord:
         self.path = out / STUDY_FILE
         self.spec, self.rows, self.cells = spec, rows, cells
         self.state: dict[str, dict] = {}
+        self.derived: dict[str, dict] = {}  # derived data folder -> how (rearm.studies.derive)
         self.started = time.time()
         self.status = "running"
 
@@ -129,6 +137,7 @@ class StudyRecord:
                     for row in self.rows
                 ],
                 "cells": cells,
+                "derived": self.derived,
                 "counts": counts,
                 "timings": {
                     "started": self.started,
@@ -142,7 +151,12 @@ class StudyRecord:
 def prepare_study_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_FILE).exists():
+    ours = {"runs", "logs", "data"}  # what an interrupted first invocation may have made
+    if (
+        out.is_dir()
+        and any(p.name not in ours for p in out.iterdir())
+        and not (out / STUDY_FILE).exists()
+    ):
         raise RunError(f"--out {out}: directory is not empty and holds no study.json")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -207,10 +221,19 @@ def run_study(
     jobs = jobs or default_jobs(devices)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
-    fingerprints = data_fingerprints(spec, line)
+    loaded, derived = None, {}
+    if spec.corruption:
+        from rearm.studies.derive import derive_corrupted
+
+        if not dry_run:
+            prepare_study_dir(out)
+        spec, loaded, derived = derive_corrupted(spec, out, line, write=not dry_run)
+    fingerprints = data_fingerprints(spec, line, loaded)
     rows, cells = expand_cells(spec, fingerprints, where=f"study {spec.name}")
     unique: dict[str, Cell] = {}
-    for cell in cells:
+    # seed by seed: a study stopped early has every row at its first seeds, not some rows at all
+    # seeds and others at none
+    for cell in sorted(cells, key=lambda c: (spec.seeds.index(c.seed), c.row)):
         unique.setdefault(cell.key, cell)
     if dry_run:
         for cell in unique.values():
@@ -219,6 +242,7 @@ def run_study(
         return {"rows": len(rows), "runs": len(unique)}
     prepare_study_dir(out)
     record = StudyRecord(out, spec, rows, cells)
+    record.derived = derived
     previous = _previous_state(out)
     tasks: list[Task] = []
     for key, cell in unique.items():

@@ -51,7 +51,45 @@ def plot_report(report: dict, out: str | os.PathLike) -> list[Path]:
         else:
             written.append(_bars(plt, report, table, rows, out / f"bars{suffix}.png"))
         written.append(_curves(plt, report, table, rows, out / f"training_curves{suffix}.png"))
+    if report.get("fractions"):
+        written.append(_fraction_curves(plt, report, out / "recall_vs_fraction.png"))
     return written
+
+
+def _fraction_curves(plt, report, path: Path) -> Path:
+    """Test Recall@20 against the corrupted fraction P, a line per row with a ±std band; rows
+    whose difference from the reference is significant at a P (Holm over P) get a filled marker
+    there, an open one otherwise."""
+    view = report["fractions"]
+    xs = view["fractions"]
+    figure, axis = plt.subplots(figsize=(5.5, 3.4))
+    for curve in view["rows"]:
+        means = [v["mean"] for v in curve["test"]["Recall@20"]]
+        stds = [_zero(v["std"]) for v in curve["test"]["Recall@20"]]
+        (drawn,) = axis.plot(xs, means, "-", lw=1.2, label=curve["label"])
+        color = drawn.get_color()
+        axis.fill_between(
+            xs,
+            [m - s for m, s in zip(means, stds)],
+            [m + s for m, s in zip(means, stds)],
+            color=color,
+            alpha=0.15,
+        )
+        significant = [p < 0.05 for p in curve["tests"]["Recall@20"]["p_holm"]]
+        for x, mean, filled in zip(xs, means, significant):
+            axis.plot([x], [mean], "o", ms=4, mec=color, mfc=color if filled else "white")
+    axis.set_xlabel(f"fraction P of items with {view['modality']} {view['mode']}d")
+    axis.set_ylabel("test Recall@20")
+    axis.set_title(
+        f"{report['study']} ({view['source']}): filled = differs from {view['reference']} "
+        "(Holm over P)",
+        fontsize=8,
+    )
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    _save(figure, path)
+    plt.close(figure)
+    return path
 
 
 def _sensitivity(plt, report, table, rows, out, suffix) -> list[Path]:

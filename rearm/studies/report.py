@@ -7,6 +7,12 @@ over the row's seeds, Wilcoxon signed-rank across the users both rows evaluate, 
 Holm-corrected over the rows of the table. In a sweep, the row with the best mean **valid**
 Recall@20 (per model and axis group) is marked as chosen and its test numbers are the result;
 test numbers never choose anything.
+
+A study with a `corruption` entry (one derived data set per fraction P) also gets `fractions`:
+each row's test Recall@20 / NDCG@20 against P, its Wilcoxon test against the reference at each P
+(the per-table raw p, Holm-corrected over the P values of that row), and the degradation test:
+Wilcoxon over users of (row's drop from the first to the last P) - (reference's drop), each
+user's values averaged over seeds. A positive mean difference means the row degrades more.
 """
 
 from __future__ import annotations
@@ -104,7 +110,98 @@ def build_report(study_dir: str | os.PathLike, reference: str | None = None) -> 
     for data_label in dict.fromkeys(row["data_label"] for row in rows):
         members = [row for row in rows if row["data_label"] == data_label]
         tables.append(_table(study_dir, study, members, data_label, reference))
-    return {"study": study["name"], "kind": study["kind"], "tables": tables}
+    report = {"study": study["name"], "kind": study["kind"], "tables": tables}
+    if study.get("derived"):
+        report["fractions"] = _fraction_curves(study_dir, study, tables)
+    return report
+
+
+def _fraction_curves(study_dir: Path, study: dict, tables: list[dict]) -> dict:
+    """The across-P view of a corruption study (see the module doc), for the first source."""
+    derived = study["derived"]
+    data_of = {row["data_label"]: row["data"] for row in study["rows"]}
+    source = next(iter(derived.values()))["source"]
+    points = sorted(
+        (derived[data_of[t["data"]]]["fraction"], t)
+        for t in tables
+        if derived.get(data_of[t["data"]], {}).get("source") == source
+    )
+    fractions = [fraction for fraction, _ in points]
+    names = [_bare(entry["label"], points[0][1]["data"]) for entry in points[0][1]["rows"]]
+    reference = _bare(points[0][1]["reference"], points[0][1]["data"])
+    index_of = {
+        (row["data_label"], _bare(row["label"], row["data_label"])): row["index"]
+        for row in study["rows"]
+    }
+    curves = []
+    for name in names:
+        entries = [_entry(table, name) for _, table in points]
+        curve: dict = {"label": name, "reference": name == reference, "test": {}, "tests": {}}
+        for metric in TESTED:
+            curve["test"][metric] = [e["test"][metric] if e else _MISSING for e in entries]
+            raw = [e["wilcoxon"][metric]["p"] if e else math.nan for e in entries]
+            curve["tests"][metric] = {"p": raw, "p_holm": [float(v) for v in holm(raw)]}
+        runs = [
+            _row_runs(study_dir, study, index_of[table["data"], name])
+            for _, table in (points[0], points[-1])
+        ]
+        curve["runs"] = [e["seeds"] if e else 0 for e in entries]
+        curve["_runs"] = runs
+        curves.append(curve)
+    reference_curve = next(c for c in curves if c["reference"])
+    for curve in curves:
+        for metric in TESTED:
+            first = curve["test"][metric][0]["mean"]
+            last = curve["test"][metric][-1]["mean"]
+            drop = first - last
+            result = {"drop": drop, "relative_drop": drop / first if first else math.nan}
+            result["difference"], result["p"] = math.nan, math.nan
+            if not curve["reference"] and all(curve["_runs"]) and all(reference_curve["_runs"]):
+                result["difference"], result["p"] = _drop_test(
+                    curve["_runs"], reference_curve["_runs"], metric
+                )
+            curve.setdefault("degradation", {})[metric] = result
+    for curve in curves:
+        del curve["_runs"]
+    return {
+        "source": source or "synthetic",
+        "modality": next(iter(derived.values()))["modality"],
+        "mode": next(iter(derived.values()))["mode"],
+        "fractions": fractions,
+        "reference": reference,
+        "rows": curves,
+    }
+
+
+_MISSING = {"mean": math.nan, "std": math.nan}
+
+
+def _bare(label: str, data_label: str) -> str:
+    return label[len(data_label) + 1 :] if label.startswith(data_label + " ") else label
+
+
+def _entry(table: dict, name: str) -> dict | None:
+    entry = next((e for e in table["rows"] if _bare(e["label"], table["data"]) == name), None)
+    return entry if entry and entry["seeds"] else None
+
+
+def _drop_test(runs: list[list[Path]], reference_runs: list[list[Path]], metric: str):
+    """(mean per-user difference of drops, Wilcoxon p) between a row and the reference: each
+    user's drop = metric at the first P - metric at the last P (averaged over seeds)."""
+    drops = []
+    for first, last in (runs, reference_runs):
+        users_first, values_first = _per_user_mean(first, "test", metric)
+        users_last, values_last = _per_user_mean(last, "test", metric)
+        common = np.intersect1d(users_first, users_last)
+        drop = (
+            values_first[np.searchsorted(users_first, common)]
+            - values_last[np.searchsorted(users_last, common)]
+        )
+        drops.append((common, drop))
+    (users, drop), (ref_users, ref_drop) = drops
+    common = np.intersect1d(users, ref_users)
+    difference = drop[np.searchsorted(users, common)] - ref_drop[np.searchsorted(ref_users, common)]
+    return float(difference.mean()), wilcoxon_signed_rank(difference)[1]
 
 
 def _table(study_dir, study, members, data_label, reference) -> dict:
@@ -245,8 +342,54 @@ def _caption(report: dict, table: dict) -> str:
     return text
 
 
+def fractions_markdown(report: dict) -> str:
+    """The across-P table: test Recall@20 per row and P, p against the reference at each P
+    (Holm over the P values), the drop from the first to the last P and its test."""
+    view = report.get("fractions")
+    if not view:
+        return ""
+    fractions = view["fractions"]
+    out = [
+        f"{report['study']}: test Recall@20 (mean ± std over seeds) against the fraction P of "
+        f"items whose {view['modality']!r} features are altered ({view['mode']}, source "
+        f"{view['source']}); p: Wilcoxon signed-rank over users against {view['reference']} at "
+        f"each P, Holm-corrected over the {len(fractions)} values of P (* p < {ALPHA}); drop: "
+        "test Recall@20 at the first P minus at the last, and the Wilcoxon p of each user's drop "
+        f"against {view['reference']}'s drop.",
+        "",
+    ]
+    header = ["row"] + [f"P={f:g}" for f in fractions] + ["drop", "drop - reference drop"]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for curve in view["rows"]:
+        cells = [curve["label"] + (" (reference)" if curve["reference"] else "")]
+        for value, p in zip(
+            curve["test"]["Recall@20"], curve["tests"]["Recall@20"]["p_holm"], strict=True
+        ):
+            text = "-" if math.isnan(value["mean"]) else f"{value['mean']:.4f}"
+            if not math.isnan(value.get("std", math.nan)):
+                text += f" ± {value['std']:.4f}"
+            if not math.isnan(p):
+                text += f" (p {p:.2g}{'*' if p < ALPHA else ''})"
+            cells.append(text)
+        degradation = curve["degradation"]["Recall@20"]
+        cells.append(
+            "-"
+            if math.isnan(degradation["drop"])
+            else f"{degradation['drop']:.4f} ({100 * degradation['relative_drop']:.0f}%)"
+        )
+        cells.append(
+            "-"
+            if math.isnan(degradation["p"])
+            else f"{degradation['difference']:+.4f} (p {degradation['p']:.2g})"
+        )
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
 def to_markdown(report: dict) -> str:
-    out = []
+    out = [fractions_markdown(report)] if report.get("fractions") else []
     for table in report["tables"]:
         out.append(_caption(report, table))
         out.append("")

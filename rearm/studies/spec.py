@@ -7,11 +7,16 @@ A spec is YAML with the keys of a run's `config.yaml` plus:
   models              list of model names (instead of `model`)
   data                a path or a list of paths (null / omitted: the synthetic default)
   seeds               a count (3 = 2025, 2026, 2027) or a list of seeds (default 3)
-  variants            {row name: {key: value, ...}}: named rows, e.g. the ablations
+  variants            {row name: {key: value, ...}}: named rows, e.g. the ablations; a variant
+                      may name its own `model` (rows of several models in one table)
   axes                {key: [values]} (one group, cartesian product; a `zip:` entry
                       {key: [...], key2: [...]} varies its keys together) or a list of such
                       groups, each swept on its own (the union of their rows)
   reference           the row the report compares against (default: "full", else the first)
+  corruption          {modality, mode, fractions: [P, ...], seed}: replace each data set by its
+                      derived copies, one per fraction P (`rearm data corrupt`), which the
+                      engine writes under STUDY_DIR/data/ (rearm.studies.derive); the report
+                      then draws each row's metric against P
 
 Keys inside variants and axes are the `--set` keys of `rearm train` (a hyperparameter, a training
 key, `section.key`, or `protocol`). Every cell's configuration is resolved (names, types and
@@ -51,11 +56,15 @@ SPEC_KEYS = (
     "variants",
     "axes",
     "reference",
+    "corruption",
 )
+CORRUPTION_KEYS = ("modality", "mode", "fractions", "seed")
 DEFAULT_SEEDS = 3
 FIRST_SEED = 2025
 # Keys that have their own spec entry and cannot vary along an axis or variant.
 _NOT_AXIS = {"model": "models", "data": "data", "seed": "seeds", "device": "--device"}
+# ... except that a variant may name its model
+_NOT_VARIANT = {k: v for k, v in _NOT_AXIS.items() if k != "model"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class StudySpec:
     groups: tuple = ()  # each: list of dimensions, a dimension = list of {key: value} points
     reference: str | None = None
     overrides: tuple[str, ...] = ()  # `--set key=value` of the command line, for every row
+    corruption: dict | None = None  # derived data sets per fraction (see the module doc)
 
     @property
     def kind(self) -> str:
@@ -97,7 +107,14 @@ class StudySpec:
             "axes": [[list(dim) for dim in group] for group in self.groups],
             "reference": self.reference,
             "overrides": list(self.overrides),
+            "corruption": dict(self.corruption) if self.corruption else None,
         }
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        """The models of the study: `models` and those that variants name."""
+        named = [v["model"] for v in self.variants.values() if "model" in v]
+        return tuple(dict.fromkeys([*self.models, *named]))
 
 
 @dataclass(frozen=True)
@@ -203,14 +220,22 @@ def spec_from_dict(content: Any, where: str) -> StudySpec:
         if settings is not None and not isinstance(settings, dict):
             raise ConfigError(f"{where}: variants.{variant} must be a mapping of keys to values")
         for key in settings or {}:
-            _check_axis_key(key, f"{where}: variants.{variant}")
+            _check_axis_key(key, f"{where}: variants.{variant}", _NOT_VARIANT)
+        if "model" in (settings or {}):
+            _expect(settings["model"], str, f"{where}: variants.{variant}.model")
+            if len(models) > 1:
+                raise ConfigError(
+                    f"{where}: variants.{variant} names a model; then give no models list"
+                )
     variants = {k: dict(v or {}) for k, v in variants.items()}
     if "variants" in content and not variants:
         raise ConfigError(f"{where}: variants is empty")
     groups = _parse_axes(content["axes"], where) if "axes" in content else ()
     if groups and variants:
         raise ConfigError(f"{where}: give either axes (a sweep) or variants, not both")
+    corruption = _parse_corruption(content.get("corruption"), where)
     return StudySpec(
+        corruption=corruption,
         name=name,
         description=content.get("description") or "",
         models=tuple(models),
@@ -281,11 +306,52 @@ def _axis_values(values: Any, label: str) -> list:
     return values
 
 
-def _check_axis_key(key: Any, label: str) -> None:
+def _check_axis_key(key: Any, label: str, forbidden: Mapping[str, str] = _NOT_AXIS) -> None:
     if not isinstance(key, str) or not key:
         raise ConfigError(f"{label}: keys must be names, got {key!r}")
-    if key in _NOT_AXIS:
-        raise ConfigError(f"{label}: {key!r} cannot vary here (use {_NOT_AXIS[key]})")
+    if key in forbidden:
+        raise ConfigError(f"{label}: {key!r} cannot vary here (use {forbidden[key]})")
+
+
+def _parse_corruption(value: Any, where: str) -> dict | None:
+    """{modality, mode, fractions, seed} checked for shape here; the data set checks the
+    modality when the engine derives the copies."""
+    from rearm.data.corrupt import MODES
+
+    if value is None:
+        return None
+    label = f"{where}: corruption"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: expected a mapping with {', '.join(CORRUPTION_KEYS)}")
+    unknown = [key for key in value if key not in CORRUPTION_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{label}: unknown key {unknown[0]!r} (known: {', '.join(CORRUPTION_KEYS)})"
+        )
+    for key in ("modality", "mode", "fractions"):
+        if key not in value:
+            raise ConfigError(f"{label}: {key} is missing")
+    _expect(value["modality"], str, f"{label}.modality")
+    if value["mode"] not in MODES:
+        raise ConfigError(
+            f"{label}.mode: expected one of {', '.join(MODES)}, got {value['mode']!r}"
+        )
+    fractions = _axis_values(value["fractions"], f"{label}.fractions")
+    for fraction in fractions:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ConfigError(f"{label}.fractions: expected numbers in [0, 1], got {fraction!r}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"{label}.fractions: {fraction!r} is outside [0, 1]")
+    if len(set(fractions)) != len(fractions):
+        raise ConfigError(f"{label}.fractions: a value repeats: {fractions!r}")
+    seed = value.get("seed", 0)
+    _expect(seed, int, f"{label}.seed")
+    return {
+        "modality": value["modality"],
+        "mode": value["mode"],
+        "fractions": [float(f) for f in fractions],
+        "seed": seed,
+    }
 
 
 def _expect(value: Any, kind: type, label: str) -> None:
@@ -326,9 +392,9 @@ def expand_rows(spec: StudySpec) -> list[Row]:
                 points = [(None, None, {})]
             for group, name, values in points:
                 label = " ".join(prefix + ([name] if name else [])) or model
-                rows.append(
-                    Row(len(rows), label, path, data_label(path), model, group, dict(values))
-                )
+                values = dict(values)
+                row_model = values.pop("model", model)
+                rows.append(Row(len(rows), label, path, data_label(path), row_model, group, values))
     return rows
 
 
@@ -360,11 +426,12 @@ def check_preset(spec: StudySpec, where: str) -> None:
     data set); a preset that no model of the study defines is an error."""
     from rearm.models.presets import PRESETS
 
-    if spec.preset and not any(spec.preset in PRESETS.get(m, {}) for m in spec.models):
-        known = sorted({p for m in spec.models for p in PRESETS.get(m, {})})
+    models = spec.all_models
+    if spec.preset and not any(spec.preset in PRESETS.get(m, {}) for m in models):
+        known = sorted({p for m in models for p in PRESETS.get(m, {})})
         raise ConfigError(
             f"{where}: preset {spec.preset!r} is defined for none of the models "
-            f"{', '.join(spec.models)} (known: {', '.join(known) or 'none'})"
+            f"{', '.join(models)} (known: {', '.join(known) or 'none'})"
         )
 
 

@@ -23,6 +23,7 @@ ABLATIONS = (
 )
 _WEIGHTS = [round(0.1 * step, 1) for step in range(10)]
 _K_VALUES = [5, 10, 20, 40, 80]
+ROBUSTNESS_FRACTIONS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
 def _compare_models() -> list[str]:
@@ -70,6 +71,25 @@ def _templates() -> dict[str, dict]:
             "to the models that define it)",
             "models": _compare_models(),
             "reference": "rearm",
+        },
+        "robustness": {
+            "description": "misaligned modalities (open question 3): the image modality shuffled "
+            "among a fraction P of items, P = 0..1, for REARM, its no_meta and no_contrastive "
+            "ablations, FREEDOM, VBPR and LightGCN (no features: the floor)",
+            "corruption": {
+                "modality": "image",
+                "mode": "shuffle",
+                "fractions": ROBUSTNESS_FRACTIONS,
+                "seed": 0,
+            },
+            "variants": {
+                "full": {},
+                "no_meta": {"no_meta": True},
+                "no_contrastive": {"no_contrastive": True},
+                "freedom": {"model": "freedom"},
+                "vbpr": {"model": "vbpr"},
+                "lightgcn": {"model": "lightgcn"},
+            },
         },
         "protocols": {
             "description": "every model under the standard and the reference protocol side by "
