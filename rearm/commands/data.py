@@ -12,7 +12,7 @@ from rearm.data.readers import FORMATS, load_dataset
 from rearm.data.synth import (
     DEFAULT_MODALITIES,
     make_synthetic,
-    parse_modalities,
+    parse_modality_spec,
     write_rearm_layout,
 )
 from rearm.errors import DataError
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--modalities",
         default=_DEFAULT_MODALITIES,
         metavar="SPEC",
-        help=f"NAME:DIM[,NAME:DIM...] (default {_DEFAULT_MODALITIES})",
+        help=f"NAME:DIM[:noise][,...]; :noise marks a pure-noise modality (default "
+        f"{_DEFAULT_MODALITIES})",
     )
     synth.add_argument(
         "--force", action="store_true", help="write into a non-empty folder that is not a data set"
@@ -122,9 +123,13 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    modalities = parse_modalities(args.modalities)
+    modalities, noise = parse_modality_spec(args.modalities)
     dataset = make_synthetic(
-        num_users=args.users, num_items=args.items, modalities=modalities, seed=args.seed
+        num_users=args.users,
+        num_items=args.items,
+        modalities=modalities,
+        noise_modalities=noise,
+        seed=args.seed,
     )
     write_rearm_layout(dataset, args.out, force=args.force)
     card = describe(dataset)
