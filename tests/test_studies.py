@@ -106,7 +106,7 @@ def test_key_ignores_device_but_not_data_or_settings():
 def test_every_template_expands_and_round_trips_as_yaml(name):
     spec, rows, cells = _expand(get_template(name))
     written = spec_from_dict(yaml.safe_load(template_yaml(name)), "file")
-    assert expand_cells(written, {None: "data"})[1] == cells
+    assert expand_cells(written, {path: "data" for path in written.data})[1] == cells
     assert len(cells) == len(rows) * 3
     if name == "ablation":
         assert [r.label for r in rows[:4]] == ["full", "no_homographs", "no_meta", "no_orthogonal"]
