@@ -232,3 +232,55 @@ def test_modalities_template_expands_to_the_modality_counts(tmp_path, run_cli):
     assert code == 0, stderr
     assert "8 rows x 1 seeds: 8 runs" in stdout + stderr
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A derived modality for a real data set (`rearm data add-modality`)
+
+
+def test_add_modality_writes_source_plus_a_noisy_projection(tmp_path, run_cli):
+    from rearm.data import load_dataset, write_rearm_layout
+    from rearm.data.derive import MANIFEST, derive_modality
+
+    source = make_synthetic(num_users=50, num_items=30, modalities={"image": 12, "text": 6}, seed=2)
+    write_rearm_layout(source, tmp_path / "src")
+    out = tmp_path / "three"
+    code, stdout, stderr = run_cli(
+        "data", "add-modality", tmp_path / "src", "--out", out,
+        "--from", "text", "--name", "text_proj", "--dim", "9", "--seed", "4",
+    )  # fmt: skip
+    assert code == 0, stderr
+    derived = load_dataset(out)
+    assert list(derived.features) == ["image", "text", "text_proj"]
+    for name in ("image", "text"):
+        np.testing.assert_array_equal(derived.features[name], source.features[name])
+    assert (derived.train != source.train).nnz == 0
+    table = derived.features["text_proj"]
+    np.testing.assert_array_equal(table, derive_modality(source, "text", "text_proj", 9, 0.5, 4))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["source_fingerprint"] == load_dataset(tmp_path / "src").fingerprint()
+    assert (manifest["derived_from"], manifest["dim"], manifest["seed"]) == ("text", 9, 4)
+    # without noise the new table is exactly the standardised projection of the source
+    clean = derive_modality(source, "text", "p", 9, 0.0, 4)
+    rng = np.random.default_rng(4)
+    projection = rng.standard_normal((6, 9), dtype=np.float32) / np.sqrt(6)
+    expected = source.features["text"] @ projection
+    expected = (expected - expected.mean(0)) / (expected.std(0) + 1e-6)
+    np.testing.assert_allclose(clean, expected, rtol=1e-4, atol=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))  # the staging folder was renamed into place
+    for args, message in (
+        (["--from", "audio", "--name", "x", "--dim", "3"], "no modality 'audio'"),
+        (["--from", "text", "--name", "image", "--dim", "3"], "already has a modality 'image'"),
+        (["--from", "text", "--name", "x", "--dim", "0"], "--dim: must be an integer >= 1"),
+        (["--from", "text", "--name", "x", "--dim", "3", "--noise", "-1"], "--noise"),
+    ):
+        code, _, stderr = run_cli(
+            "data", "add-modality", tmp_path / "src", "--out", tmp_path / "bad", *args
+        )
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) <= 2
+        assert not (tmp_path / "bad").exists()
+    code, _, stderr = run_cli(
+        "data", "add-modality", tmp_path / "src", "--out", out,
+        "--from", "text", "--name", "y", "--dim", "3",
+    )  # fmt: skip
+    assert code == 2 and "exists and is not an empty folder" in stderr
