@@ -1,6 +1,6 @@
 """What the modality-pair terms of REARM cost as modalities are added.
 
-    python benchmarks/modality_pairs.py [--data D] [--preset P] [--steps 20] [--out FILE]
+    python benchmarks/modality_pairs.py [--data D] [--preset P] [--steps 20] [--counts 1,4] [--out F]
 
 REARM's contrastive and orthogonality terms run over the M (M - 1) / 2 modality pairs, the rest
 of a step grows about linearly in M. For M = 1 .. (the data set's modality count; its first M
@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--preset")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind per M")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--counts", help="modality counts to time, e.g. 1,4 (default: 1 .. all)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
@@ -41,7 +42,12 @@ def main() -> int:
     dataset = load_run_data(args.data)
     names = list(dataset.features)
     rows = []
-    for count in range(1, len(names) + 1):
+    counts = range(1, len(names) + 1)
+    if args.counts:
+        counts = [int(c) for c in args.counts.split(",")]
+        if any(not 1 <= c <= len(names) for c in counts):
+            parser.error(f"--counts: each in 1..{len(names)}, got {args.counts}")
+    for count in counts:
         chosen = dataset.select_modalities(names[:count])
         seed_everything(0)
         model = get_model("rearm").from_dataset(chosen, seed=0, **config.hyperparameters)

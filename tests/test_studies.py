@@ -278,6 +278,31 @@ def test_reference_option_and_csv(study, run_cli):
     assert code == 2 and "--reference: no row 'nope'" in stderr
 
 
+def test_report_shows_each_rows_cost(study, run_cli):
+    code, stdout, _ = run_cli("study", "report", study, "--format", "json")
+    assert code == 0
+    (table,) = json.loads(stdout)["tables"]
+    record = json.loads((study / "study.json").read_text())
+    for row in table["rows"]:
+        index = next(r["index"] for r in record["rows"] if r["label"] == row["label"])
+        results = [
+            json.loads((study / c["dir"] / "results.json").read_text())
+            for c in record["cells"]
+            if c["row"] == index
+        ]
+        assert row["cost"]["epoch_s"] == pytest.approx(
+            np.mean([r["timing"]["train_epoch_s"] for r in results])
+        )
+        assert row["cost"]["peak_rss_mb"] == pytest.approx(
+            np.mean([r["peak_rss_mb"] for r in results])
+        )
+        assert row["cost"]["trainable_parameters"] == results[0]["trainable_parameters"] > 0
+    code, stdout, _ = run_cli("study", "report", study, "--format", "md")
+    assert "| s/epoch | peak RSS MB | params |" in stdout
+    code, stdout, _ = run_cli("study", "report", study, "--format", "csv")
+    assert stdout.splitlines()[0].endswith(",epoch_s,peak_rss_mb,trainable_parameters")
+
+
 def test_resume_reruns_only_incomplete_and_new_cells(study, data_dir, tmp_path):
     runs = sorted((study / "runs").iterdir())
     (runs[0] / "results.json").unlink()  # as if that run had been interrupted
