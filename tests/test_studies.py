@@ -106,7 +106,7 @@ def test_key_ignores_device_but_not_data_or_settings():
 def test_every_template_expands_and_round_trips_as_yaml(name):
     spec, rows, cells = _expand(get_template(name))
     written = spec_from_dict(yaml.safe_load(template_yaml(name)), "file")
-    assert expand_cells(written, {None: "data"})[1] == cells
+    assert expand_cells(written, {path: "data" for path in written.data})[1] == cells
     assert len(cells) == len(rows) * 3
     if name == "ablation":
         assert [r.label for r in rows[:4]] == ["full", "no_homographs", "no_meta", "no_orthogonal"]
@@ -276,6 +276,31 @@ def test_reference_option_and_csv(study, run_cli):
     assert lines[2].split(",")[4] == "True"  # the second row is now the reference
     code, _, stderr = run_cli("study", "report", study, "--reference", "nope")
     assert code == 2 and "--reference: no row 'nope'" in stderr
+
+
+def test_report_shows_each_rows_cost(study, run_cli):
+    code, stdout, _ = run_cli("study", "report", study, "--format", "json")
+    assert code == 0
+    (table,) = json.loads(stdout)["tables"]
+    record = json.loads((study / "study.json").read_text())
+    for row in table["rows"]:
+        index = next(r["index"] for r in record["rows"] if r["label"] == row["label"])
+        results = [
+            json.loads((study / c["dir"] / "results.json").read_text())
+            for c in record["cells"]
+            if c["row"] == index
+        ]
+        assert row["cost"]["epoch_s"] == pytest.approx(
+            np.mean([r["timing"]["train_epoch_s"] for r in results])
+        )
+        assert row["cost"]["peak_rss_mb"] == pytest.approx(
+            np.mean([r["peak_rss_mb"] for r in results])
+        )
+        assert row["cost"]["trainable_parameters"] == results[0]["trainable_parameters"] > 0
+    code, stdout, _ = run_cli("study", "report", study, "--format", "md")
+    assert "| s/epoch | peak RSS MB | params |" in stdout
+    code, stdout, _ = run_cli("study", "report", study, "--format", "csv")
+    assert stdout.splitlines()[0].endswith(",epoch_s,peak_rss_mb,trainable_parameters")
 
 
 def test_resume_reruns_only_incomplete_and_new_cells(study, data_dir, tmp_path):

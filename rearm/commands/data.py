@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rearm.commands import data_sources
@@ -16,7 +17,7 @@ from rearm.data.readers import FORMATS, load_dataset
 from rearm.data.synth import (
     DEFAULT_MODALITIES,
     make_synthetic,
-    parse_modalities,
+    parse_modality_spec,
     write_rearm_layout,
 )
 from rearm.errors import DataError
@@ -57,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--modalities",
         default=_DEFAULT_MODALITIES,
         metavar="SPEC",
-        help=f"NAME:DIM[,NAME:DIM...] (default {_DEFAULT_MODALITIES})",
+        help=f"NAME:DIM[:noise][,...]; :noise marks a pure-noise modality (default "
+        f"{_DEFAULT_MODALITIES})",
     )
     synth.add_argument(
         "--misalignment",
@@ -94,6 +96,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_reader_arguments(corrupt)
     corrupt.set_defaults(handler=run_corrupt)
+
+    derive = commands.add_parser(
+        "add-modality",
+        help="write a copy of a data set with one more modality derived from another",
+        description="Write SRC plus a modality derived from one of its tables (a fixed random "
+        "projection to --dim, standardised, plus Gaussian noise: no information the source "
+        "table does not hold) as a new REARM-layout folder with a modality.json manifest.",
+    )
+    derive.add_argument("path", metavar="SRC", help="data set to read (any layout)")
+    derive.add_argument("--out", required=True, metavar="DIR", help="new folder (missing or empty)")
+    derive.add_argument("--from", dest="source", required=True, metavar="MODALITY")
+    derive.add_argument("--name", required=True, help="name of the new modality")
+    derive.add_argument("--dim", type=int, required=True, metavar="D", help="its width")
+    derive.add_argument(
+        "--noise", type=float, default=0.5, help="std of the added noise (default 0.5)"
+    )
+    derive.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
+    derive.set_defaults(handler=run_add_modality)
 
     data_sources.register(commands)
 
@@ -158,7 +178,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    modalities = parse_modalities(args.modalities)
+    modalities, noise = parse_modality_spec(args.modalities)
     dataset = make_synthetic(
         num_users=args.users,
         num_items=args.items,
@@ -166,6 +186,7 @@ def run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         misalignment=args.misalignment,
         misaligned_modality=args.misaligned_modality,
+        noise_modalities=noise,
     )
     write_rearm_layout(dataset, args.out, force=args.force)
     if "misalignment" in dataset.notes:
@@ -211,6 +232,27 @@ def run_corrupt(args: argparse.Namespace) -> int:
         print(
             f"note: trailing users / items have no interactions; read {args.out} with {' '.join(flags)}"
         )
+    return 0
+
+
+def run_add_modality(args: argparse.Namespace) -> int:
+    from rearm.data.derive import MANIFEST, add_modality
+
+    print(f"reading {args.path}", file=sys.stderr)
+    manifest = add_modality(
+        args.path,
+        args.out,
+        source=args.source,
+        name=args.name,
+        dim=args.dim,
+        noise=args.noise,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {args.out} (REARM layout): {manifest['modality']} [{args.dim}] from "
+        f"{manifest['derived_from']}, noise {args.noise:g}, seed {args.seed}; "
+        f"manifest {MANIFEST}"
+    )
     return 0
 
 

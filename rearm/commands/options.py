@@ -7,7 +7,11 @@ import argparse
 
 def add_config_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     """--data, --preset, --config, --set KEY=VALUE (repeatable) and --seed."""
-    parser.add_argument("--data", help="data set path (REARM, MMRec or tabular layout)")
+    parser.add_argument(
+        "--data",
+        help="data set path (REARM, MMRec or tabular layout), or a synthetic recipe "
+        "synthetic:modalities=image:256,text:64[;users=N;items=M;seed=S]",
+    )
     parser.add_argument("--preset", help="published settings by data set, e.g. baby, sports")
     parser.add_argument("--config", dest="config_file", help="YAML run configuration")
     parser.add_argument(

@@ -5,7 +5,13 @@ from rearm.data.corrupt import corrupt_dataset, corrupt_features
 from rearm.data.dataset import SPLITS, Dataset, check_features
 from rearm.data.describe import describe, modality_stats
 from rearm.data.readers import FORMATS, detect_format, load_dataset
-from rearm.data.synth import make_synthetic, parse_modalities, write_rearm_layout
+from rearm.data.synth import (
+    make_synthetic,
+    parse_modalities,
+    parse_modality_spec,
+    parse_synthetic_recipe,
+    write_rearm_layout,
+)
 from rearm.errors import DataError
 
 __all__ = [
@@ -22,5 +28,7 @@ __all__ = [
     "make_synthetic",
     "modality_stats",
     "parse_modalities",
+    "parse_modality_spec",
+    "parse_synthetic_recipe",
     "write_rearm_layout",
 ]

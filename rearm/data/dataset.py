@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,6 +56,26 @@ class Dataset:
     @property
     def modalities(self) -> list[str]:
         return list(self.features)
+
+    def select_modalities(self, names: list[str] | tuple[str, ...]) -> Dataset:
+        """The same data set with only the modalities `names`, in that order (files keep only
+        theirs). DataError naming the data set on an unknown or repeated name, or none."""
+        label = self.source or "data set"
+        names = list(names)
+        if not names:
+            raise DataError(f"{label}: modalities: give at least one modality name")
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if repeated:
+            raise DataError(f"{label}: modalities: {repeated!r} given twice")
+        unknown = next((name for name in names if name not in self.features), None)
+        if unknown:
+            raise DataError(
+                f"{label}: modalities: no modality {unknown!r} "
+                f"(the data set has: {', '.join(self.features) or 'none'})"
+            )
+        dropped = {f"{name}_feat" for name in self.features if name not in names}
+        files = {key: path for key, path in self.files.items() if key not in dropped}
+        return replace(self, features={name: self.features[name] for name in names}, files=files)
 
     def fingerprint(self) -> str:
         """A content hash of interactions and features (for graph caches and run records)."""

@@ -4,9 +4,13 @@ Planted structure (what REARM assumes about real data):
   * item factors V = [shared | unique_1 | ... | unique_M | hidden]: the shared block is visible in
     every modality, unique_m only in modality m, and the hidden block in no modality (taste that
     content cannot explain, only collaborative signal can);
-  * modality m = a nonlinear noisy random projection of [shared | unique_m]: even-numbered
-    modalities (image by default) are ReLU activations, non-negative and sparse like CNN
-    features; odd-numbered ones (text) are L2-normalised tanh projections like sentence embeddings;
+  * modality m = a nonlinear noisy random projection of [shared | unique_m], in the style of its
+    position (cycling for more than four): 1st image-like (ReLU activations, non-negative and
+    sparse like CNN features), 2nd text-like (L2-normalised tanh, like sentence embeddings), 3rd
+    audio-like (a dense Gaussian projection, standardised per dimension), 4th video-like (ReLU of
+    another projection, mean-pooled over a few noisy frames);
+  * a pure-noise modality (NAME:DIM:noise) gets no unique block: its table is its style applied
+    to fresh random latents that no item factor, user or interaction depends on;
   * each user has factors over all blocks; interactions are a Gumbel top-n draw over
     affinity / temperature + a log-normal item popularity bias, n varying per user;
   * each user's items are split at random into train / valid / test, at least one of each.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from rearm.errors import DataError
 from rearm.io import atomic_open
 
 DEFAULT_MODALITIES = {"image": 256, "text": 64}
+STYLES = ("image", "text", "audio", "video")  # by position, cycling
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _USER_BLOCK = 4096
 # Catalogs above _POOLED_ABOVE items: each block of _POOL_BLOCK users draws from its own random
@@ -34,28 +39,89 @@ _USER_BLOCK = 4096
 _POOLED_ABOVE = 32768
 _CANDIDATE_POOL = 8192
 _POOL_BLOCK = 512
+_VIDEO_FRAMES = 4
+RECIPE_PREFIX = "synthetic"
+_RECIPE_KEYS = {"users": "num_users", "items": "num_items", "seed": "seed"}
 
 
-def parse_modalities(spec: str) -> dict[str, int]:
-    """Parse "image:256,text:64" -> {"image": 256, "text": 64}; strict, DataError otherwise."""
+def parse_modality_spec(spec: str) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Parse "image:256,text:64,video:128:noise" -> ({"image": 256, "text": 64, "video": 128},
+    ("video",)): NAME:DIM, with a `:noise` suffix for a pure-noise modality; DataError otherwise."""
     result: dict[str, int] = {}
+    noise: list[str] = []
     if not spec or not spec.strip():
         raise DataError("--modalities: empty; expected NAME:DIM[,NAME:DIM...], e.g. image:256")
     for part in spec.split(","):
         part = part.strip()
-        name, sep, dim = part.partition(":")
-        name, dim = name.strip(), dim.strip()
-        if not sep or not _NAME.match(name) or not dim.isdigit():
+        fields = [field.strip() for field in part.split(":")]
+        kind = fields[2] if len(fields) == 3 else ""
+        name, dim = (fields + [""])[:2]
+        if len(fields) not in (2, 3) or not _NAME.match(name) or not dim.isdigit():
             raise DataError(
-                f"--modalities: bad entry {part!r}; expected NAME:DIM with NAME a letter then "
-                "letters, digits, _ or -, and DIM a positive integer (e.g. image:256,text:64)"
+                f"--modalities: bad entry {part!r}; expected NAME:DIM[:noise] with NAME a letter "
+                "then letters, digits, _ or -, and DIM a positive integer (e.g. image:256,text:64)"
+            )
+        if len(fields) == 3 and kind != "noise":
+            raise DataError(
+                f"--modalities: bad entry {part!r}; the only third field is `noise` "
+                f"(a pure-noise modality), got {kind!r}"
             )
         if int(dim) < 1:
             raise DataError(f"--modalities: dimension of {name!r} must be >= 1, got {dim}")
         if name in result:
             raise DataError(f"--modalities: modality {name!r} given twice")
         result[name] = int(dim)
-    return result
+        if kind:
+            noise.append(name)
+    return result, tuple(noise)
+
+
+def parse_modalities(spec: str) -> dict[str, int]:
+    """Parse "image:256,text:64" -> {"image": 256, "text": 64}; strict, DataError otherwise (a
+    `:noise` suffix too: use `parse_modality_spec`, which also returns the noise modalities)."""
+    dims, noise = parse_modality_spec(spec)
+    if noise:
+        raise DataError(
+            f"--modalities: {noise[0]!r} is marked noise; parse it with parse_modality_spec"
+        )
+    return dims
+
+
+def is_synthetic_recipe(data: str | None) -> bool:
+    """Whether a `data` value names a generated data set ("synthetic" or "synthetic:...")."""
+    return isinstance(data, str) and (data == RECIPE_PREFIX or data.startswith(RECIPE_PREFIX + ":"))
+
+
+def parse_synthetic_recipe(text: str, defaults: Mapping | None = None) -> dict:
+    """A data recipe "synthetic[:KEY=VALUE[;KEY=VALUE...]]" -> make_synthetic keywords.
+
+    Keys: users, items, seed (integers) and modalities (a `parse_modality_spec` string, e.g.
+    synthetic:modalities=image:256,text:64,audio:96,video:128:noise). `defaults` (make_synthetic
+    keywords) fill the keys not given. The same text always gives the same data set, so a recipe
+    can stand wherever a data path can (`rearm train --data`, a study's `data` list)."""
+    if not is_synthetic_recipe(text):
+        raise DataError(f"{text!r}: not a synthetic data recipe (synthetic[:KEY=VALUE;...])")
+    keywords = dict(defaults or {})
+    body = text[len(RECIPE_PREFIX) + 1 :]
+    seen = set()
+    for part in filter(None, (p.strip() for p in body.split(";"))):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        known = ", ".join([*_RECIPE_KEYS, "modalities"])
+        if not sep or key not in (*_RECIPE_KEYS, "modalities"):
+            raise DataError(
+                f"data {text!r}: bad entry {part!r}; expected KEY=VALUE with KEY in {known}"
+            )
+        if key in seen:
+            raise DataError(f"data {text!r}: {key} given twice")
+        seen.add(key)
+        if key == "modalities":
+            dims, noise = parse_modality_spec(value)
+            keywords["modalities"], keywords["noise_modalities"] = dims, noise
+        elif not value.isdigit():
+            raise DataError(f"data {text!r}: {key} must be a non-negative integer, got {value!r}")
+        else:
+            keywords[_RECIPE_KEYS[key]] = int(value)
+    return keywords
 
 
 def make_synthetic(
@@ -64,6 +130,7 @@ def make_synthetic(
     modalities: Mapping[str, int] | None = None,
     seed: int = 2025,
     *,
+    noise_modalities: Sequence[str] = (),
     interactions_per_user: int = 25,
     shared_factors: int = 8,
     unique_factors: int = 4,
@@ -79,7 +146,10 @@ def make_synthetic(
 
     Args:
         num_users, num_items: sizes.
-        modalities: {name: dim}; default {"image": 256, "text": 64}.
+        modalities: {name: dim}; default {"image": 256, "text": 64}. Each is styled by its
+            position (STYLES: image-, text-, audio-, video-like, cycling).
+        noise_modalities: names among `modalities` that are pure noise (their style applied to
+            random latents independent of everything else; they take no unique factor block).
         interactions_per_user: mean interactions per user; each user gets between half and
             1.5 times this (at least 3: one train, one valid, one test).
         shared_factors, unique_factors, hidden_factors: latent block sizes (unique per modality).
@@ -97,14 +167,18 @@ def make_synthetic(
         features {name: float32 [num_items, dim]}.
     """
     modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
+    noise_modalities = tuple(noise_modalities)
     _check_arguments(num_users, num_items, modalities, interactions_per_user, heldout_fraction)
     misaligned = _misaligned_rows(num_items, misalignment, seed)
     misaligned_modality = misaligned_modality or next(iter(modalities))
     if misaligned_modality not in modalities:
         raise DataError(f"--misaligned-modality: no modality {misaligned_modality!r}")
+    unknown = [name for name in noise_modalities if name not in modalities]
+    if unknown:
+        raise DataError(f"noise_modalities: {unknown[0]!r} is not one of the modalities")
     rng = np.random.default_rng(seed)
-    num_modalities = len(modalities)
-    num_factors = shared_factors + unique_factors * num_modalities + hidden_factors
+    informative = [name for name in modalities if name not in noise_modalities]
+    num_factors = shared_factors + unique_factors * len(informative) + hidden_factors
 
     item_factors = rng.standard_normal((num_items, num_factors))
     user_factors = rng.standard_normal((num_users, num_factors)) / np.sqrt(num_factors)
@@ -112,20 +186,17 @@ def make_synthetic(
 
     features = {}
     for position, (name, dim) in enumerate(modalities.items()):
-        start = shared_factors + unique_factors * position
-        visible = np.hstack(
-            [item_factors[:, :shared_factors], item_factors[:, start : start + unique_factors]]
-        )
+        if name in noise_modalities:
+            visible = rng.standard_normal((num_items, shared_factors + unique_factors))
+        else:
+            start = shared_factors + unique_factors * informative.index(name)
+            visible = np.hstack(
+                [item_factors[:, :shared_factors], item_factors[:, start : start + unique_factors]]
+            )
         if name == misaligned_modality and len(misaligned[0]):
             visible[misaligned[0]] = visible[misaligned[1]]
-        projection = rng.standard_normal((visible.shape[1], dim)) / np.sqrt(visible.shape[1])
-        signal = visible @ projection + feature_noise * rng.standard_normal((num_items, dim))
-        if position % 2 == 0:
-            table = np.maximum(signal, 0.0)
-        else:
-            table = np.tanh(signal)
-            table /= np.linalg.norm(table, axis=1, keepdims=True) + 1e-12
-        features[name] = table.astype(np.float32)
+        style = STYLES[position % len(STYLES)]
+        features[name] = _render(rng, style, visible, dim, feature_noise).astype(np.float32)
 
     # Fewer items than requested interactions: every user takes (nearly) every item.
     low = max(3, min(interactions_per_user // 2, num_items))
@@ -171,6 +242,28 @@ def _misaligned_rows(num_items: int, fraction: float, seed: int) -> tuple[np.nda
     donors = rng.integers(0, num_items - 1, size=count)
     donors += donors >= items
     return items.astype(np.int64), donors.astype(np.int64)
+
+
+def _render(
+    rng: np.random.Generator, style: str, visible: np.ndarray, dim: int, noise: float
+) -> np.ndarray:
+    """One modality's table [items, dim] from its visible latents, in `style` (see STYLES)."""
+    items, width = visible.shape
+    projection = rng.standard_normal((width, dim)) / np.sqrt(width)
+    signal = visible @ projection + noise * rng.standard_normal((items, dim))
+    if style == "image":
+        return np.maximum(signal, 0.0)
+    if style == "text":
+        table = np.tanh(signal)
+        return table / (np.linalg.norm(table, axis=1, keepdims=True) + 1e-12)
+    if style == "audio":
+        return (signal - signal.mean(axis=0)) / (signal.std(axis=0) + 1e-12)
+    # video: frames share the projection and differ in their noise; clips are mean-pooled
+    frames = [signal] + [
+        visible @ projection + noise * rng.standard_normal((items, dim))
+        for _ in range(_VIDEO_FRAMES - 1)
+    ]
+    return np.mean([np.maximum(frame - 0.5, 0.0) for frame in frames], axis=0)
 
 
 def _check_arguments(

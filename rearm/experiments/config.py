@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from rearm.data.synth import is_synthetic_recipe
 from rearm.errors import ConfigError
 from rearm.models import MODEL_NAMES, get_model
 from rearm.models.base import Range, check_type, describe_annotation, meaning_of
@@ -63,6 +64,9 @@ TOP_LEVEL_TYPES: dict[str, Any] = {
     # numpy seeds must fit in 32 bits
     "seed": Annotated[int, Range(ge=0, le=2**32 - 1), "seed for python, numpy and torch"],
     "device": Annotated[str, "auto, cpu or cuda[:N]"],
+    "modalities": Annotated[
+        list[str] | None, "the data set's modalities to use, in this order (null: all of them)"
+    ],
 }
 TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "model": "rearm",
@@ -71,6 +75,7 @@ TOP_LEVEL_DEFAULTS: dict[str, Any] = {
     "protocol": "standard",
     "seed": 2025,
     "device": "auto",
+    "modalities": None,
 }
 SECTIONS = ("training", "hyperparameters")
 
@@ -85,8 +90,11 @@ class RunConfig:
     device: str = "auto"
     training: dict = field(default_factory=dict)
     hyperparameters: dict = field(default_factory=dict)
+    modalities: list[str] | None = None
 
     def to_dict(self) -> dict:
+        """The configuration as config.yaml holds it (`modalities` only when set, so configs
+        that use every modality, and study cell keys hashed from them, stay as they were)."""
         return {
             "model": self.model,
             "data": self.data,
@@ -94,6 +102,7 @@ class RunConfig:
             "protocol": self.protocol,
             "seed": self.seed,
             "device": self.device,
+            **({"modalities": list(self.modalities)} if self.modalities is not None else {}),
             "training": dict(self.training),
             "hyperparameters": dict(self.hyperparameters),
         }
@@ -159,9 +168,18 @@ def resolve_config(
     top.update({k: v for k, v in flags.items() if k in TOP_LEVEL_TYPES and v is not None})
     for key, annotation in TOP_LEVEL_TYPES.items():
         top[key] = check_type(top[key], annotation, f"{label}: {key}")
+    if top["modalities"] is not None:
+        names = top["modalities"]
+        repeated = next((name for name in names if names.count(name) > 1), None)
+        if not names or repeated:
+            problem = f"{repeated!r} given twice" if repeated else "empty list"
+            raise ConfigError(
+                f"{label}: modalities: {problem} (give modality names, or null for all)"
+            )
 
-    if top["data"] is None and top["preset"] is None:
-        # the embedded synthetic default trains with the model's "synthetic" preset
+    if (top["data"] is None or is_synthetic_recipe(top["data"])) and top["preset"] is None:
+        # the embedded synthetic default (and a synthetic recipe) trains with the model's
+        # "synthetic" preset
         from rearm.models.presets import PRESETS, SYNTHETIC_PRESET
 
         if SYNTHETIC_PRESET in PRESETS.get(top["model"], {}):

@@ -69,6 +69,8 @@ def export_graphs(
     if dataset is None:
         say(f"loading data from {config.data or 'the synthetic default'}")
         dataset = load_run_data(config.data)
+    if config.modalities is not None:
+        dataset = dataset.select_modalities(config.modalities)
     arguments = get_model("rearm").graph_arguments(dataset, config.hyperparameters)
     started = time.perf_counter()
     graphs = build_graphs(

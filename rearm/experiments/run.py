@@ -24,6 +24,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,22 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def load_run_data(path: str | None) -> Dataset:
+def load_run_data(path: str | None, modalities: list[str] | None = None) -> Dataset:
+    """The data set a run's `data` names: a folder or file, a synthetic recipe
+    ("synthetic:modalities=...;users=...", see rearm.data.synth.parse_synthetic_recipe), or None
+    for the synthetic default; restricted to `modalities` (in that order) when given."""
+    from rearm.data.synth import is_synthetic_recipe, make_synthetic, parse_synthetic_recipe
+
     if path is None:
-        from rearm.data.synth import make_synthetic
+        dataset = make_synthetic(**SYNTHETIC_DEFAULT)
+    elif is_synthetic_recipe(path):
+        dataset = make_synthetic(**parse_synthetic_recipe(path, SYNTHETIC_DEFAULT))
+        dataset = replace(dataset, source=path)
+    else:
+        from rearm.data import load_dataset
 
-        return make_synthetic(**SYNTHETIC_DEFAULT)
-    from rearm.data import load_dataset
-
-    return load_dataset(path)
+        dataset = load_dataset(path)
+    return dataset if modalities is None else dataset.select_modalities(modalities)
 
 
 def check_run_dir(out: str | os.PathLike, force: bool, holding_lock: bool = False) -> dict | None:
@@ -123,12 +132,15 @@ def _discard_run(out: Path, created: bool) -> None:
             out.rmdir()
 
 
-def protocol_record(protocol, dataset: Dataset) -> dict:
+def protocol_record(protocol, dataset: Dataset, fingerprint: str | None = None) -> dict:
+    """`fingerprint`: of the data set as `data` names it, before a `modalities` selection
+    (default: `dataset`'s own); `modalities` lists the tables the run used."""
     record = protocol.to_dict()
     record["data"] = {
         "format": dataset.format,
         "source": dataset.source,
-        "fingerprint": dataset.fingerprint(),
+        "fingerprint": fingerprint or dataset.fingerprint(),
+        "modalities": {name: int(table.shape[1]) for name, table in dataset.features.items()},
         "files": {
             name: {"path": str(path), "sha256": file_sha256(path)}
             for name, path in sorted(dataset.files.items())
@@ -168,6 +180,10 @@ def train_run(
         if dataset is None:
             progress.line(f"loading data from {config.data or 'the synthetic default'}")
             dataset = load_run_data(config.data)
+        # the record names the data set `data` names; `modalities` says which of its tables ran
+        source_fingerprint = dataset.fingerprint()
+        if config.modalities is not None:
+            dataset = dataset.select_modalities(config.modalities)
         if config.training["memory_check"]:
             from rearm.planning import memory_refusal
 
@@ -200,7 +216,16 @@ def train_run(
             with run_lock(out):
                 prepare_run_dir(out, force, progress)
                 return _train_and_write(
-                    config, out, dataset, model, protocol, device, progress, started, graphs_s
+                    config,
+                    out,
+                    dataset,
+                    model,
+                    protocol,
+                    device,
+                    progress,
+                    started,
+                    graphs_s,
+                    source_fingerprint,
                 )
         except OSError as error:
             _discard_run(out, created)
@@ -211,13 +236,15 @@ def train_run(
             ) from None
 
 
-def _train_and_write(config, out, dataset, model, protocol, device, progress, started, graphs_s):
+def _train_and_write(
+    config, out, dataset, model, protocol, device, progress, started, graphs_s, fingerprint
+):
     """The part of train_run that writes RUN_DIR, status transitions included."""
     write_status(out, "running", model=config.model)
     try:
         with atomic_open(out / "config.yaml") as handle:
             handle.write(dump_yaml(config))
-        write_json(out / "protocol.json", protocol_record(protocol, dataset))
+        write_json(out / "protocol.json", protocol_record(protocol, dataset, fingerprint))
         with deferred_stop():
             result = _fit_run(config, out, dataset, model, protocol, progress)
             if result.epochs_run == 0:

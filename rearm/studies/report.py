@@ -4,7 +4,8 @@ One table per data set of the study. Per row (a configuration over its seeds): m
 valid and test Recall@10/20 and NDCG@10/20, the relative change of the test means against the
 reference row, and a paired test against it: each user's test Recall@20 (and NDCG@20) averaged
 over the row's seeds, Wilcoxon signed-rank across the users both rows evaluate, p-values
-Holm-corrected over the rows of the table. In a sweep, the row with the best mean **valid**
+Holm-corrected over the rows of the table; and the cost of the row: median seconds per training
+epoch, peak resident memory (MB) and trainable parameters, each the mean over its runs. In a sweep, the row with the best mean **valid**
 Recall@20 (per model and axis group) is marked as chosen and its test numbers are the result;
 test numbers never choose anything.
 
@@ -36,6 +37,17 @@ TESTED = ("Recall@20", "NDCG@20")
 SELECTION = ("valid", "Recall@20")
 ALPHA = 0.05
 SHORT = {"Recall@10": "R@10", "Recall@20": "R@20", "NDCG@10": "N@10", "NDCG@20": "N@20"}
+# cost columns: name -> where results.json keeps it
+COST = {
+    "epoch_s": ("timing", "train_epoch_s"),
+    "peak_rss_mb": ("peak_rss_mb",),
+    "trainable_parameters": ("trainable_parameters",),
+}
+COST_HEADERS = {
+    "epoch_s": "s/epoch",
+    "peak_rss_mb": "peak RSS MB",
+    "trainable_parameters": "params",
+}
 
 
 def load_study(study_dir: str | os.PathLike) -> dict:
@@ -236,6 +248,7 @@ def _table(study_dir, study, members, data_label, reference) -> dict:
                 entry[split][metric] = {"mean": mean, "std": std}
         entry["best_epoch"] = mean_std([r["best_epoch"] for r in results])[0]
         entry["run_s"] = mean_std([r["timing"]["total_s"] for r in results])[0]
+        entry["cost"] = {key: _mean_of(results, path) for key, path in COST.items()}
         entry["curve"] = _training_curve(runs)
         entries.append(entry)
     reference_entry = next(e for e in entries if e["reference"])
@@ -283,6 +296,27 @@ def _table(study_dir, study, members, data_label, reference) -> dict:
 # Formats
 
 
+def _mean_of(results: list[dict], path: tuple[str, ...]) -> float:
+    """Mean of the value at `path` over the runs that recorded it (NaN if none did)."""
+    values = []
+    for result in results:
+        value = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values.append(float(value))
+    return float(np.mean(values)) if values else math.nan
+
+
+def _cost(entry: dict, key: str) -> str:
+    value = entry.get("cost", {}).get(key, math.nan)
+    if math.isnan(value):
+        return "-"
+    if key == "trainable_parameters":
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if key == "epoch_s" else f"{value:,.0f}"
+
+
 def _pm(cell: dict) -> str:
     if math.isnan(cell["mean"]):
         return "-"
@@ -308,6 +342,7 @@ def _columns() -> list[str]:
         + [f"test {SHORT[m]}" for m in METRICS]
         + [f"Δ test {SHORT[m]}" for m in TESTED]
         + [f"p {SHORT[m]} (Holm)" for m in TESTED]
+        + list(COST_HEADERS.values())
     )
 
 
@@ -323,6 +358,7 @@ def _cells(entry: dict) -> list[str]:
         + [_pm(entry["test"][m]) for m in METRICS]
         + [_change(entry["change"][m]) for m in TESTED]
         + [_p(entry["wilcoxon"][m]) for m in TESTED]
+        + [_cost(entry, key) for key in COST_HEADERS]
     )
 
 
@@ -444,7 +480,7 @@ def to_csv(report: dict) -> str:
             header += [f"{split}_{metric}_mean", f"{split}_{metric}_std"]
     for metric in TESTED:
         header += [f"change_test_{metric}", f"p_{metric}", f"p_{metric}_holm"]
-    header += ["significant"]
+    header += ["significant", *COST]
     writer.writerow(header)
     for table in report["tables"]:
         for e in table["rows"]:
@@ -455,7 +491,8 @@ def to_csv(report: dict) -> str:
             for metric in TESTED:
                 test = e["wilcoxon"][metric]
                 line += [e["change"][metric], test["p"], test["p_holm"]]
-            writer.writerow(line + [e["significant"]])
+            cost = e.get("cost", {})
+            writer.writerow(line + [e["significant"]] + [cost.get(key, math.nan) for key in COST])
     return buffer.getvalue()
 
 
