@@ -419,17 +419,18 @@ def plan(
     )
 
     # ---- activations of one step (tensors autograd saves; see the module docstring) ---------
-    item_floats = (
-        2 * d + 2 + M * (4 * d + 2) + (M * (3 * d + 2) if M > 1 else 0)
-        if not h["no_attention"]
-        else 2 * W + 2
-    )
-    saved = U * (2 * W + 2) + I * item_floats
-    meta_floats = 0
+    # each homograph's normalize_rows keeps its [n, W] output, the row norms and a bool mask
+    # (a quarter of a float) per node
+    normalized = W + 1.25
+    attention = 2 * d + M * (4 * d + 2) + (M * (3 * d + 2) if M > 1 else 0) - 2 * W
+    item_floats = normalized + (attention if not h["no_attention"] else 0)
+    saved = U * normalized + I * item_floats
+    meta_floats = 0.0
     if not h["no_meta"]:
-        # per side: the knowledge vector, three [n, d r] tensors per low-rank MLP, and the
-        # propagated views, which the knowledge Linear keeps
-        meta_floats = (U + I) * (6 * d * r + d + W + 4)
+        # per side: the knowledge vector, three [n, d r] tensors per low-rank MLP (the last its
+        # normalize_rows output, with 1.25 floats of norm and mask), and the propagated views,
+        # which the knowledge Linear keeps
+        meta_floats = (U + I) * (6 * d * r + d + W + 2.5)
         saved += meta_floats
     batch = int(t["batch_size"])
     distinct_users, distinct_items = min(batch, U), min(2 * batch, I)
@@ -438,7 +439,7 @@ def plan(
     # in flight beyond what is saved: the propagation's running sum and layer output in the
     # forward pass, and about three gradients of the full [(U + I), W] views in the backward
     transient = 3 * (U + I) * W
-    activations = 4 * (saved + batch_floats + transient)
+    activations = round(4 * (saved + batch_floats + transient))
     evaluation = 4 * int(t["eval_batch_size"]) * I * 3 + 4 * 4 * (U + I) * W
 
     components = {
@@ -608,8 +609,8 @@ def plan(
         parameters=int(parameters),
         steps_per_epoch=steps,
         activations={
-            "saved_by_autograd": 4 * saved,
-            "of which meta_network": 4 * meta_floats,
+            "saved_by_autograd": round(4 * saved),
+            "of which meta_network": round(4 * meta_floats),
             "batch": 4 * batch_floats,
             "in_flight": 4 * transient,
         },
