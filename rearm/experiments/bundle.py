@@ -16,7 +16,6 @@ Layout of RUN_DIR/model/:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import zipfile
@@ -93,11 +92,11 @@ class Bundle:
         )
 
     # Built once per bundle: a server looks ids up on every request (19,445 users: ~5 ms a dict).
-    @functools.cached_property
+    @cached_property
     def _user_lookup(self) -> dict[str, int]:
         return _id_map(self.user_ids, self.num_users)
 
-    @functools.cached_property
+    @cached_property
     def _item_lookup(self) -> dict[str, int]:
         return _id_map(self.item_ids, self.num_items)
 
@@ -160,11 +159,18 @@ class Bundle:
         user interacted with (repeats count once), over the saved item table alone, by the
         variant of `fold_in_choice`. RunError for an empty list, UnknownItemError for an id the
         model does not know."""
-        from rearm.experiments.fold_in import fold_in_users
+        return self._fold_in_index(self._history_index(item_ids))
 
+    def _history_index(self, item_ids: list[str]) -> np.ndarray:
+        """A new user's item ids -> their distinct indices, sorted; RunError if there are none."""
         if not item_ids:
             raise RunError("items: give at least one item id to fold in a new user")
-        index = np.unique(self.item_index(item_ids))
+        return np.unique(self.item_index(item_ids))
+
+    def _fold_in_index(self, index: np.ndarray) -> np.ndarray:
+        """`fold_in` of distinct, sorted item indices."""
+        from rearm.experiments.fold_in import fold_in_users
+
         history = sp.csr_matrix(
             (np.ones(len(index), dtype=np.float32), index, [0, len(index)]),
             shape=(1, self.num_items),
@@ -180,8 +186,8 @@ class Bundle:
     ) -> dict[str, list]:
         """Top-k items for a new user given only the items they interacted with (`fold_in`),
         those items and the `exclude` ids left out: {"items": [...ids], "scores": [...]}."""
-        vector = self.fold_in(item_ids)
-        left_out = self.item_index(item_ids)
+        left_out = self._history_index(item_ids)
+        vector = self._fold_in_index(left_out)
         if exclude:
             left_out = np.concatenate([left_out, self.item_index(exclude)])
         return self.top_k(vector[None], k, exclude=np.unique(left_out))[0]
