@@ -93,8 +93,22 @@ def main(argv: list[str] | None = None) -> int:
             rows = items[record["model"]]
             for name, row in record["cold_items"].items():
                 rows[f"{name}, among all items"].append(row)
+            if "best_cold_item_method_by_valid" in record:
+                chosen = record["best_cold_item_method_by_valid"]
+                rows["model as chosen on valid, among all items"].append(
+                    record["cold_items"][f"model {chosen}"]
+                )
+                choices[record["model"]].append(chosen)
+            if "add_items_choice" in record:
+                auto = record["add_items_choice"]["label"]
+                rows["model as `add-items --method auto` chooses, among all items"].append(
+                    record["cold_items"][f"model {auto}"]
+                )
+                choices[record["model"]].append(f"auto: {auto}")
             for name, row in record.get("cold_items_among_themselves", {}).items():
                 rows[f"{name}, among the held-out items only"].append(row)
+            for name, row in record.get("evaluated_users_all_test_items", {}).items():
+                rows[f"{name}: the same users, all their test items"].append(row)
     out = {"users": users, "items": items}
     if args.json:
         print(json.dumps(out, indent=1, default=dict))
@@ -112,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{mean_std([v['NDCG@20'] for v in values])} | {count(values)} |"
             )
     for model, rows in items.items():
-        print(f"\ncold items, {model}, seeds {sorted(seeds[('cold_items', model)])}")
+        print(
+            f"\ncold items, {model}, seeds {sorted(seeds[('cold_items', model)])}; "
+            f"chosen on valid: {choices[model]}"
+        )
         print("| ranking of the held-out items | Recall@20 | NDCG@20 | users |")
         print("|---|---|---|---|")
         for label, values in rows.items():

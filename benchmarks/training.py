@@ -163,8 +163,10 @@ def classify(key, model) -> str:
     return "everything_else"
 
 
-def profile(model, step, batches, train_epoch_s: float, steps_in_epoch: int) -> dict:
-    """Split train_epoch_s by component from torch.profiler self times over `batches`."""
+def profile(model, step, batches, train_epoch_s: float, steps_in_epoch: int, top: int = 0) -> dict:
+    """Split train_epoch_s by component from torch.profiler self times over `batches`; with
+    `top`, also the `top` largest operator rows (name and input shapes) outside the floor's
+    components ("everything_else_top")."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -178,17 +180,32 @@ def profile(model, step, batches, train_epoch_s: float, steps_in_epoch: int) -> 
         _sync(device)
     attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     totals: dict[str, float] = {}
+    rest = []
     for key in prof.key_averages(group_by_input_shape=True):
         part = classify(key, model)
-        totals[part] = totals.get(part, 0.0) + getattr(key, attribute, 0.0)
+        value = getattr(key, attribute, 0.0)
+        totals[part] = totals.get(part, 0.0) + value
+        if part == "everything_else":
+            rest.append((value, key.key, str(key.input_shapes), key.count))
     whole = sum(totals.values()) or 1.0
-    return {
+    report = {
         part: {
             "s_per_epoch": round(train_epoch_s * value / whole, 2),
             "share": round(value / whole, 3),
         }
         for part, value in sorted(totals.items(), key=lambda item: -item[1])
     }
+    if top:
+        report["everything_else_top"] = [
+            {
+                "op": name,
+                "shapes": shapes,
+                "calls_per_step": count / len(batches),
+                "s_per_epoch": round(train_epoch_s * value / whole, 3),
+            }
+            for value, name, shapes, count in sorted(rest, reverse=True)[:top]
+        ]
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs (median)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="profile K steps")
+    parser.add_argument(
+        "--top", type=int, default=0, metavar="N", help="with --profile: the N largest other ops"
+    )
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     parser.add_argument("--ready", help="(concurrent runs) create this file once built ...")
     parser.add_argument("--go", help="... then wait for this file before timing")
@@ -243,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for _ in range(math.ceil(args.profile))
         ]
-        report["profile"] = profile(model, step, batches, report["train_epoch_s"], total_steps)
+        report["profile"] = profile(
+            model, step, batches, report["train_epoch_s"], total_steps, args.top
+        )
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     report["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report))

@@ -125,19 +125,53 @@ def test_add_items_round_trip(rearm_run, small_data, tmp_path, run_cli):
     np.testing.assert_array_equal(extended.user_repr, old.user_repr)
     record = extended.meta["added_items"]
     assert record["count"] == 4 and record["from_run"] == str(rearm_run)
+    choice = record["choice"]  # --method auto: chosen on the run's own items made cold
+    assert set(choice["valid_recall_at_20"]) == {
+        "features",
+        "neighbours(k=3)",
+        "neighbours(k=10)",
+        "neighbours(k=30)",
+    }
+    assert choice["valid_recall_at_20"][choice["label"]] == max(
+        choice["valid_recall_at_20"].values()
+    )
+    assert record["method"] == choice["method"] and choice["items"] > 0
     assert set(record["features"]) == {"item_ids.txt", "image_feat.npy", "text_feat.npy"}
-    # the rows are the model's cold-item representations of those features
-    from rearm.experiments.coldstart import cold_item_table, load_run_dataset, rebuild_model
+    from rearm.experiments.coldstart import (
+        cold_item_table,
+        feature_path_table,
+        load_run_dataset,
+        neighbour_rows,
+        rebuild_model,
+    )
 
     config = old.meta["config"]
     dataset = load_run_dataset(rearm_run, config)
-    model = rebuild_model(rearm_run / "model", config, dataset)
     features = {m: dataset.features[m][popular] for m in ("image", "text")}
-    np.testing.assert_allclose(
-        extended.item_repr[60:], cold_item_table(model, features, dataset, config), rtol=1e-5
+    model = rebuild_model(rearm_run / "model", config, dataset)
+    expected = cold_item_table(
+        model, features, dataset, config, old.item_repr, choice["method"], choice["neighbours"]
     )
-    # a cold item is not a copy of the known item whose features it has: no ID, no edges
-    assert not np.allclose(extended.item_repr[60:], old.item_repr[popular], atol=1e-3)
+    np.testing.assert_allclose(extended.item_repr[60:], expected, rtol=1e-5)
+    # --method neighbours: the trained rows of the 10 most feature-similar items
+    code, stdout, err = run_cli(
+        "add-items", rearm_run, "--features", new, "--out", tmp_path / "n", "--method", "neighbours"
+    )
+    assert code == 0 and json.loads(stdout)["method"] == "neighbours", err
+    np.testing.assert_allclose(
+        load_bundle(tmp_path / "n").item_repr[60:],
+        neighbour_rows(features, dataset.features, old.item_repr, 10),
+    )
+    # --method features: the model's own feature path (no ID, no edges: not a copy)
+    code, stdout, err = run_cli(
+        "add-items", rearm_run, "--features", new, "--out", tmp_path / "f", "--method", "features"
+    )
+    assert code == 0 and json.loads(stdout)["method"] == "features", err
+    path = load_bundle(tmp_path / "f").item_repr[60:]
+    np.testing.assert_allclose(
+        path, feature_path_table(model, features, dataset, config), rtol=1e-5
+    )
+    assert not np.allclose(path, old.item_repr[popular], atol=1e-3)
     # served like any item: recommend (every item ranked), recommend --items, exclusion
     code, stdout, err = run_cli("recommend", out, "--users", "0,1", "-k", "64", "--json")
     assert code == 0, err
@@ -177,13 +211,29 @@ def test_add_items_bad_feature_folders(rearm_run, small_data, tmp_path, run_cli,
     assert not out.exists()
 
 
-def test_add_items_refuses_models_without_features(mf_run, small_data, tmp_path, run_cli):
+def test_add_items_for_models_without_features(mf_run, small_data, tmp_path, run_cli):
+    """mf has no feature path: --method features is refused, the neighbours method works from
+    its trained table and the data's features; bad --neighbours is one line."""
     new = write_new_items(tmp_path / "new", small_data, [1])
-    code, _, err = run_cli(
-        "add-items", mf_run, "--features", new, "--out", tmp_path / "x", "--quiet"
-    )
+    args = ["add-items", mf_run, "--features", new, "--quiet"]
+    code, _, err = run_cli(*args, "--out", tmp_path / "x", "--method", "features")
     assert code == 2 and err.count("\n") == 1
-    assert "mf has no item features" in err
+    assert "mf has no item features" in err and "--method neighbours" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_cli(*args, "--out", tmp_path / "y", "--neighbours", "0")
+    assert code == 2 and err.count("\n") == 1 and "--neighbours must be a positive" in err
+    code, _, err = run_cli(*args, "--out", tmp_path / "auto")
+    assert code == 0, err
+    choice = load_bundle(tmp_path / "auto").meta["added_items"]["choice"]
+    assert "features" not in choice["valid_recall_at_20"] and choice["method"] == "neighbours"
+    code, _, err = run_cli(
+        *args, "--out", tmp_path / "z", "--method", "neighbours", "--neighbours", "1"
+    )
+    assert code == 0, err
+    extended, old = load_bundle(tmp_path / "z"), load_bundle(mf_run)
+    assert extended.num_items == old.num_items + 1
+    # item 1's own features: with one neighbour, item 1's trained row
+    np.testing.assert_allclose(extended.item_repr[-1], old.item_repr[1], rtol=1e-6)
 
 
 def test_add_items_needs_the_runs_data(rearm_run, small_data, tmp_path, run_cli):

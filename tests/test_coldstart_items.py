@@ -130,3 +130,84 @@ def test_unsupported_feature_models_refuse_clearly(tiny):
     model, hyperparameters = build("bm3", tiny, embedding_dim=8)
     with pytest.raises(ColdStartError, match="not implemented for bm3"):
         model.cold_item_representation(tiny.features, tiny.features, hyperparameters)
+
+
+def test_feature_neighbours_are_the_top_k_by_mean_cosine():
+    from rearm.experiments.coldstart import feature_neighbours
+
+    rng = np.random.default_rng(3)
+    known = {"a": rng.standard_normal((30, 5)), "b": rng.standard_normal((30, 3))}
+    new = {"a": rng.standard_normal((4, 5)), "b": rng.standard_normal((4, 3))}
+    mix = feature_neighbours(new, known, 6).toarray()
+    unit = {m: t / np.linalg.norm(t, axis=1, keepdims=True) for m, t in known.items()}
+    sims = sum((new[m] / np.linalg.norm(new[m], axis=1, keepdims=True)) @ unit[m].T for m in unit)
+    sims = sims / 2
+    for row in range(4):
+        top = np.argsort(-sims[row])[:6]
+        assert set(np.flatnonzero(mix[row])) <= set(top)
+        positive = np.clip(sims[row, top], 0, None)
+        np.testing.assert_allclose(mix[row, top], positive / positive.sum(), rtol=1e-5)
+    np.testing.assert_allclose(mix.sum(axis=1), 1.0, rtol=1e-6)
+    # no positive similarity: equal weights; k above the catalogue: every known item
+    flat = feature_neighbours({"a": -known["a"][:1]}, {"a": known["a"][:1]}, 5).toarray()
+    np.testing.assert_allclose(flat, [[1.0]])
+    with pytest.raises(ColdStartError, match="--neighbours must be a positive integer"):
+        feature_neighbours(new, known, 0)
+
+
+def test_neighbour_rows_keep_the_trained_scale():
+    """One neighbour: a copy of a known item's features gets exactly its trained row; several:
+    the direction of the weighted mean, with the weighted mean length (not the shorter length
+    of the mean), so a new item scores on the trained items' scale."""
+    from rearm.experiments.coldstart import feature_neighbours, neighbour_rows
+
+    rng = np.random.default_rng(4)
+    known = {"a": rng.standard_normal((25, 6)), "b": rng.standard_normal((25, 4))}
+    table = rng.standard_normal((25, 8)).astype(np.float32) * rng.uniform(0.5, 3, (25, 1))
+    rows = [2, 17]
+    copies = {m: t[rows] for m, t in known.items()}
+    np.testing.assert_allclose(neighbour_rows(copies, known, table, 1), table[rows], rtol=1e-6)
+    new = {m: rng.standard_normal((5, t.shape[1])) for m, t in known.items()}
+    found = neighbour_rows(new, known, table, 4)
+    mix = feature_neighbours(new, known, 4).toarray()
+    mean = mix @ table
+    cosine = (found * mean).sum(1) / np.linalg.norm(found, axis=1) / np.linalg.norm(mean, axis=1)
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-5)
+    lengths = np.linalg.norm(found, axis=1)
+    np.testing.assert_allclose(lengths, mix @ np.linalg.norm(table, axis=1), rtol=1e-5)
+    assert (lengths > np.linalg.norm(mean, axis=1) + 1e-6).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("rearm", {"embedding_dim": 8, "item_knn_k": 3}),
+        ("freedom", {"embedding_dim": 8, "knn_k": 3}),
+        ("vbpr", {"embedding_dim": 8, "content_dim": 4}),
+        ("lightgcn", {"embedding_dim": 8}),
+    ],
+)
+def test_cold_item_table_methods(tiny, name, settings):
+    """`neighbours` serves every model, from its trained table; `features` is the model's own
+    feature path, and models without one refuse it."""
+    from rearm.experiments.coldstart import cold_item_table, feature_path_table, neighbour_rows
+
+    model, hyperparameters = build(name, tiny, **settings)
+    config = {"hyperparameters": hyperparameters}
+    with torch.no_grad():
+        table = model.embed()[1].numpy()
+    features = {m: np.asarray(tiny.features[m])[[0, 3]] for m in tiny.modalities}
+    np.testing.assert_array_equal(
+        cold_item_table(model, features, tiny, config, table, "neighbours", 2),
+        neighbour_rows(features, tiny.features, table, 2),
+    )
+    if model.feature_free:
+        with pytest.raises(ColdStartError, match=f"{name} has no item features"):
+            cold_item_table(model, features, tiny, config, table, "features")
+    else:
+        np.testing.assert_array_equal(
+            cold_item_table(model, features, tiny, config, table, "features"),
+            feature_path_table(model, features, tiny, config),
+        )
+    with pytest.raises(ColdStartError, match="unknown cold-item method 'ids'"):
+        cold_item_table(model, features, tiny, config, table, "ids")

@@ -89,7 +89,7 @@ def test_cold_users_protocol(small, tmp_path):
     assert again["cold_users"] == record["cold_users"]
 
 
-@pytest.mark.parametrize("model", ["rearm", "vbpr", "freedom"])
+@pytest.mark.parametrize("model", ["rearm", "vbpr", "freedom", "lightgcn"])
 def test_cold_items_protocol(small, tmp_path, model):
     overrides = QUICK + (["embedding_dim=16"] if model == "rearm" else [])
     config = resolve_config(model=model, overrides=overrides, epochs=1)
@@ -98,15 +98,25 @@ def test_cold_items_protocol(small, tmp_path, model):
     )
     assert record["items"]["cold"] == round(0.1 * (small.test.getnnz(axis=0) > 0).sum())
     rows = record["cold_items"]
-    assert {"model", "content_knn"} <= set(rows)
-    assert ("model_trained_warm" in rows) == (model == "vbpr")
-    users = rows["model"]["num_users"]
+    methods = {f"model neighbours(k={k})" for k in (3, 10, 30)}
+    if model != "lightgcn":  # lightgcn has no feature path: the neighbour methods only
+        methods.add("model features")
+    assert set(rows) == methods | {"content_knn"} | (
+        {"model_trained_warm"} if model == "vbpr" else set()
+    )
+    users = rows["content_knn"]["num_users"]
     assert users == record["evaluated_users"] > 0
     assert all(row["num_users"] == users for row in rows.values())
     among = record["cold_items_among_themselves"]
-    assert set(among) == set(rows)
+    assert set(among) == set(rows) == set(record["cold_items_valid"])
     # among the held-out items only, the same users find at least as much
     assert all(among[name]["Recall@20"] >= rows[name]["Recall@20"] for name in rows)
+    valid = record["cold_items_valid"]
+    best = record["best_cold_item_method_by_valid"]
+    assert valid[f"model {best}"]["Recall@20"] == max(valid[m]["Recall@20"] for m in methods)
+    choice = record["add_items_choice"]
+    assert {f"model {label}" for label in choice["valid_recall_at_20"]} == methods
+    assert set(record["evaluated_users_all_test_items"]) == set(rows)
     from rearm.experiments.bundle import load_bundle
 
     assert load_bundle(tmp_path / "out" / "run").num_items == 80 - record["items"]["cold"]
@@ -123,10 +133,12 @@ def test_cli_and_errors(small, tmp_path, run_cli):
     assert summary["protocol"] == "cold_users" and summary["cold_users_test"]["num_users"] == 15
     code, _, err = run_cli("coldstart", "users", *args, "--out", out)
     assert code == 2 and "already holds cold-start results" in err and err.count("\n") == 1
-    code, _, err = run_cli(
-        "coldstart", "items", "--model", "lightgcn", *args, "--out", tmp_path / "x"
-    )
-    assert code == 2 and "lightgcn has no item features" in err
+    bare = tmp_path / "bare"
+    write_rearm_layout(small, bare)
+    for table in bare.glob("*_feat.npy"):
+        table.unlink()
+    code, _, err = run_cli("coldstart", "items", *args[2:], "--data", bare, "--out", tmp_path / "x")
+    assert code == 2 and "has no item features" in err and err.count("\n") == 1
     assert not Path(tmp_path / "x").exists()
     code, _, err = run_cli(
         "coldstart", "users", "--fraction", "1.5", *args, "--out", tmp_path / "y"

@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "add-items",
         help="write a copy of a run whose model also recommends new items (no retraining)",
         description=(
-            "Represent new items that have features but no interactions through the run's "
-            "model (its feature path with the trained weights; rearm, freedom, vbpr) and write "
+            "Represent new items that have features but no interactions (by their most "
+            "feature-similar trained items, or through the model's feature path) and write "
             "NEW_RUN, a complete run whose item table includes them. DIR holds item_ids.txt "
             "(one id per line) and one <modality>_feat.npy [n, D_m] per modality of the run. "
             "The run's training data must be readable (the path in its config, or --data)."
@@ -28,6 +28,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--features", required=True, help="folder of the new items' features")
     add.add_argument("--out", required=True, help="the new run directory to write")
     add.add_argument("--data", help="the run's training data, if it has moved")
+    add.add_argument(
+        "--method",
+        choices=["auto", "neighbours", "features"],
+        default="auto",
+        help="neighbours: the trained rows of the most feature-similar items, on their scale; "
+        "features: the model's own feature path (rearm, freedom, vbpr), which scores new "
+        "items below trained ones; auto (default): the better of the two (neighbours at "
+        "k = 3, 10, 30) on the run's own items made cold",
+    )
+    add.add_argument(
+        "--neighbours",
+        type=int,
+        default=10,
+        help="feature-similar known items --method neighbours uses (default 10)",
+    )
     add.add_argument("--force", action="store_true", help="replace a run in --out")
     add.add_argument("--quiet", action="store_true", help="no progress output")
     add.set_defaults(handler=_add_items)
@@ -78,10 +93,21 @@ def _add_items(args: argparse.Namespace) -> int:
         args.features,
         args.out,
         data=args.data,
+        method=args.method,
+        neighbours=args.neighbours,
         force=args.force,
         progress=progress.line,
     )
-    print(json.dumps({"out": args.out, "added": record["count"], "first_ids": record["first_ids"]}))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "added": record["count"],
+                "first_ids": record["first_ids"],
+                "method": record["method"],
+            }
+        )
+    )
     return 0
 
 
@@ -125,6 +151,9 @@ def _coldstart(args: argparse.Namespace) -> int:
             reuse=args.reuse,
             progress=progress,
         )
-        summary = record["cold_items"]
+        summary = {
+            **record["cold_items"],
+            "best_by_valid": record["best_cold_item_method_by_valid"],
+        }
     print(json.dumps({"protocol": record["protocol"], "model": record["model"], **summary}))
     return 0

@@ -16,6 +16,7 @@ Format of a folder of new items (`rearm add-items RUN --features DIR`):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -101,15 +102,185 @@ def rebuild_model(bundle_folder: Path, config: dict, dataset: Dataset, progress=
     return model.eval()
 
 
-def cold_item_table(
+COLD_ITEM_METHODS = ("neighbours", "features")
+DEFAULT_COLD_ITEM_METHOD = "neighbours"
+ADD_ITEMS_METHODS = ("auto", *COLD_ITEM_METHODS)  # auto: `choose_cold_item_method`
+CHOICE_SAMPLE = 1000  # at most this many known items are made cold to choose a method
+DEFAULT_NEIGHBOURS = 10
+NEIGHBOUR_VARIANTS = (3, 10, 30)  # what the cold-items protocol compares
+
+
+def feature_path_table(
     model, features: dict[str, np.ndarray], dataset: Dataset, config: dict
 ) -> np.ndarray:
-    """float32 [n, D]: the model's representations of new items with `features`."""
+    """float32 [n, D]: the model's own feature path for new items with `features`
+    (`cold_item_representation`: no ID embedding, no interaction)."""
     with torch.no_grad():
         table = model.cold_item_representation(
             features, dataset.features, config["hyperparameters"]
         )
     return table.detach().float().cpu().numpy()
+
+
+def unit_rows(table) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    table = np.asarray(table, dtype=np.float32)
+    norms = np.linalg.norm(table, axis=1, keepdims=True)
+    return table / np.where(norms > 0, norms, 1.0)
+
+
+def check_neighbours(k) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ColdStartError(f"--neighbours must be a positive integer, got {k!r}")
+
+
+def feature_neighbours(
+    new: dict[str, np.ndarray],
+    known: dict[str, np.ndarray],
+    k: int = DEFAULT_NEIGHBOURS,
+    *,
+    block_size: int = 1024,
+) -> sp.csr_matrix:
+    """Row-stochastic CSR [n, I]: each new item's k known items most similar by feature cosine
+    (the mean over modalities of the per-modality cosines; ties by index), weighted by that
+    cosine clipped at 0 (equally when none is positive)."""
+    check_neighbours(k)
+    names = list(known)
+    queries = {m: unit_rows(new[m]) for m in names}
+    tables = {m: unit_rows(known[m]) for m in names}
+    n, num_known = len(queries[names[0]]), len(tables[names[0]])
+    k = min(k, num_known)
+    rows, cols, values = [], [], []
+    for start in range(0, n, block_size):
+        sims = sum(queries[m][start : start + block_size] @ tables[m].T for m in names)
+        sims /= len(names)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        weight = np.clip(np.take_along_axis(sims, order, axis=1), 0, None)
+        total = weight.sum(axis=1, keepdims=True)
+        weight = np.where(total > 0, weight / np.where(total > 0, total, 1), 1.0 / k)
+        rows.append(np.repeat(np.arange(start, start + len(sims)), k))
+        cols.append(order.ravel())
+        values.append(weight.ravel())
+    if not rows:
+        return sp.csr_matrix((n, num_known), dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n, num_known),
+    )
+
+
+def neighbour_rows(
+    features: dict[str, np.ndarray],
+    known_features: dict[str, np.ndarray],
+    item_table: np.ndarray,
+    k: int = DEFAULT_NEIGHBOURS,
+) -> np.ndarray:
+    """float32 [n, D]: new items represented by the trained rows of their k most
+    feature-similar known items (`feature_neighbours`, weights w): the direction of
+    sum_j w_j V_j with the length sum_j w_j |V_j|. A plain weighted mean would be shorter than
+    the rows it averages (they point in different directions), and a new item would then score
+    below every trained one; the length keeps it on the trained items' scale."""
+    mix = feature_neighbours(features, known_features, k)
+    direction = np.asarray(mix @ item_table, dtype=np.float32)
+    length = np.asarray(mix @ np.linalg.norm(item_table, axis=1), dtype=np.float32)
+    norms = np.linalg.norm(direction, axis=1)
+    scale = np.where(norms > 0, length / np.where(norms > 0, norms, 1.0), 0.0)
+    return (direction * scale[:, None]).astype(np.float32)
+
+
+def cold_item_table(
+    model,
+    features: dict[str, np.ndarray],
+    dataset: Dataset,
+    config: dict,
+    item_table: np.ndarray,
+    method: str = DEFAULT_COLD_ITEM_METHOD,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+) -> np.ndarray:
+    """float32 [n, D]: representations of new items with `features` next to the trained
+    `item_table` [I, D] of the items of `dataset`.
+
+    - neighbours (default): `neighbour_rows`, from the trained item table and the items'
+      features alone (no model needed, so it also serves models without a feature path);
+    - features: the model's own feature path (`feature_path_table`). It orders new items among
+      themselves, but lacks every interaction-learnt part (ID embedding, user-item
+      propagation), so its scores fall below the trained items' (README "Cold start")."""
+    if method not in COLD_ITEM_METHODS:
+        raise ColdStartError(
+            f"unknown cold-item method {method!r} (choose from {', '.join(COLD_ITEM_METHODS)})"
+        )
+    if method == "features":
+        return feature_path_table(model, features, dataset, config)
+    return neighbour_rows(features, dataset.features, item_table, neighbours)
+
+
+def cold_item_variants(feature_free: bool) -> list[tuple[str, str, int]]:
+    """(label, method, neighbours) of every representation compared (`features` only for
+    models with a feature path; `neighbours` at each of NEIGHBOUR_VARIANTS)."""
+    variants = [] if feature_free else [("features", "features", 0)]
+    return variants + [(f"neighbours(k={k})", "neighbours", k) for k in NEIGHBOUR_VARIANTS]
+
+
+def choose_cold_item_method(
+    model,
+    user_table: np.ndarray,
+    item_table: np.ndarray,
+    dataset: Dataset,
+    config: dict,
+    *,
+    sample: int = CHOICE_SAMPLE,
+    seed: int = 0,
+) -> dict:
+    """Choose how to represent new items for a trained model from its own data: make up to
+    `sample` known items (a seeded draw of 10% of those with train and valid interactions)
+    cold, that is represent each with every `cold_item_variants` entry from its features while
+    hiding its own features from every neighbour search (so no variant sees its own trained
+    row), put them in the trained `item_table` at once, and keep the variant with the best
+    valid Recall@20 on those items' valid interactions (the run's valid mask; on a tie the
+    earlier variant). `model` may be None for models without a feature path.
+
+    Only the representations are made cold: the users' vectors were trained with these items,
+    so the check ranks variants, it does not predict the cold-items protocol's numbers.
+    Returns {"method", "neighbours", "label", "valid_recall_at_20": {label: value}, "items"}."""
+    from rearm.evaluation import rank_metrics
+    from rearm.evaluation.protocol import get_protocol
+
+    variants = cold_item_variants(model is None or model.feature_free)
+    candidates = np.flatnonzero(
+        (dataset.train.getnnz(axis=0) > 0) & (dataset.valid.getnnz(axis=0) > 0)
+    )
+    size = min(sample, max(1, round(0.1 * len(candidates)))) if len(candidates) else 0
+    chosen = np.sort(np.random.default_rng(seed).choice(candidates, size=size, replace=False))
+    measured: dict[str, float] = {}
+    best = ("neighbours(k=10)", "neighbours", DEFAULT_NEIGHBOURS)  # without valid items
+    if size:
+        hidden = {}
+        for name, table in dataset.features.items():
+            hidden[name] = np.array(table, dtype=np.float32)
+            hidden[name][chosen] *= -1  # least similar to itself: never its own neighbour
+        view = dataclasses.replace(dataset, features=hidden)
+        features = {name: np.asarray(table)[chosen] for name, table in dataset.features.items()}
+        valid = sp.csr_matrix(dataset.valid @ _columns(chosen, dataset))
+        valid.eliminate_zeros()
+        users = np.flatnonzero(valid.getnnz(axis=1) > 0)
+        mask = get_protocol(config["protocol"]).mask_matrix(dataset, "valid")[users]
+        items = np.array(item_table, dtype=np.float32)
+        for label, method, k in variants:
+            items[chosen] = cold_item_table(
+                model, features, view, config, item_table, method, k or 1
+            )
+            measured[label] = rank_metrics(
+                user_table[users] @ items.T, valid[users], exclude=mask, ks=(20,)
+            )["Recall@20"]
+        label = max(measured, key=lambda name: (measured[name], -list(measured).index(name)))
+        best = next(variant for variant in variants if variant[0] == label)
+    return {
+        "method": best[1],
+        "neighbours": best[2] or None,
+        "label": best[0],
+        "valid_recall_at_20": measured,
+        "items": int(size),
+    }
 
 
 def check_reproduces(model, bundle: Bundle, where: str) -> None:
@@ -200,11 +371,13 @@ def add_items(
     out: str | os.PathLike,
     *,
     data: str | None = None,
+    method: str = "auto",
+    neighbours: int = DEFAULT_NEIGHBOURS,
     force: bool = False,
     progress=None,
 ) -> dict:
     """Write OUT, a complete run whose bundle also holds the items of `features_dir`
-    (module docstring) represented through the model's feature path; returns the
+    (module docstring) represented by `method` (`cold_item_table`); returns the
     `added_items` record also written to OUT/model/bundle.json. Built in a hidden sibling and
     renamed into place, so OUT never holds half a run."""
     from rearm.experiments.status import read_status, require_model, write_status
@@ -228,11 +401,23 @@ def add_items(
             f"{run_dir}: already extends another run with added items; add all new items to "
             f"the original run ({bundle.meta['added_items'].get('from_run')}) at once"
         )
-    if get_model(config["model"]).feature_free:
+    if method not in ADD_ITEMS_METHODS:
+        raise ColdStartError(
+            f"--method {method!r}: not a cold-item method (choose from "
+            f"{', '.join(ADD_ITEMS_METHODS)})"
+        )
+    feature_free = get_model(config["model"]).feature_free
+    if method == "features" and feature_free:
         raise ColdStartError(
             f"{config['model']} has no item features: it cannot represent an item without "
-            "interactions (add-items needs a model with a feature path, e.g. rearm, vbpr or "
-            "freedom)"
+            "interactions through its own path (use --method neighbours, or a model with a "
+            "feature path, e.g. rearm, vbpr or freedom)"
+        )
+    check_neighbours(neighbours)
+    if not bundle.meta.get("modalities"):
+        raise ColdStartError(
+            f"{run_dir}: its training data has no item features, so a new item cannot be "
+            "represented"
         )
     started = time.perf_counter()
     item_ids = (
@@ -242,12 +427,23 @@ def add_items(
     say(f"loading the training data of {run_dir}")
     dataset = load_run_dataset(run_dir, config, data)
     check_widths(features_dir, features, dataset.features)
-    say(f"rebuilding {config['model']} from weights.pt for {len(ids)} new items")
-    model = rebuild_model(Path(run_dir) / BUNDLE_DIR, config, dataset, progress)
-    check_reproduces(model, bundle, str(run_dir))
-    new_table = cold_item_table(model, features, dataset, config)
-    item_ids = (
-        list(bundle.item_ids) if bundle.item_ids else [str(i) for i in range(bundle.num_items)]
+    model = None
+    if method == "features" or (method == "auto" and not feature_free):
+        say(f"rebuilding {config['model']} from weights.pt for {len(ids)} new items")
+        model = rebuild_model(Path(run_dir) / BUNDLE_DIR, config, dataset, progress)
+        check_reproduces(model, bundle, str(run_dir))
+    choice = None
+    if method == "auto":
+        choice = choose_cold_item_method(model, bundle.user_repr, bundle.item_repr, dataset, config)
+        method, neighbours = choice["method"], choice["neighbours"] or neighbours
+        say(
+            f"chose {choice['label']} on {choice['items']} known items made cold (valid "
+            "Recall@20: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in choice["valid_recall_at_20"].items())
+            + ")"
+        )
+    new_table = cold_item_table(
+        model, features, dataset, config, bundle.item_repr, method, neighbours
     )
     record = {
         "count": len(ids),
@@ -259,7 +455,9 @@ def add_items(
             for path in sorted(Path(features_dir).iterdir())
             if path.name == ITEM_IDS_FILE or path.name.endswith("_feat.npy")
         },
-        "method": f"{config['model']}.cold_item_representation (no ID embedding, no interactions)",
+        "method": method,
+        "neighbours": neighbours if method != "features" else None,
+        "choice": choice,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -517,9 +715,7 @@ def content_knn_scores(
     rows = history[users]
     counts = np.maximum(rows.getnnz(axis=1), 1)[:, None]
     for table in features.values():
-        table = np.asarray(table, dtype=np.float32)
-        norms = np.linalg.norm(table, axis=1, keepdims=True)
-        unit = table / np.where(norms > 0, norms, 1.0)
+        unit = unit_rows(table)
         profile = (rows @ unit) / counts
         part = profile @ unit.T
         total = part if total is None else total + part
@@ -539,7 +735,7 @@ def cold_items_protocol(
 ) -> dict:
     """Hide `fraction` of the items with test interactions (drawn with config.seed) from
     training (every interaction with them removed; OUT/run), build their representations from
-    their features (`cold_item_representation`), rank them among all items for their test users,
+    their features (`cold_item_variants`), rank them among all items for their test users,
     and report Recall@20 / NDCG@20 on those items' test interactions against a content-only kNN
     baseline and, with `warm`, the same model trained with them (OUT/warm_run). Writes
     OUT/results.json."""
@@ -550,15 +746,15 @@ def cold_items_protocol(
 
     progress = progress or Progress()
     out = Path(out)
-    model_class = get_model(config.model)
-    if model_class.feature_free:
-        raise ColdStartError(
-            f"{config.model} has no item features: it cannot represent an item without "
-            "interactions, so there is no cold-items protocol for it"
-        )
-    _prepare_out(out, force, reuse)
+    get_model(config.model)  # an unknown model fails before anything is written
     started = time.perf_counter()
     dataset = dataset if dataset is not None else load_run_data(config.data)
+    if not dataset.features:
+        raise ColdStartError(
+            f"{config.data or 'the data'}: has no item features, so there is no cold-items "
+            "protocol for it (a new item is known by its features)"
+        )
+    _prepare_out(out, force, reuse)
     protocol = get_protocol(config.protocol)
     cold = draw_cold_items(dataset, fraction, config.seed)
     kept = np.setdiff1d(np.arange(dataset.num_items), cold)
@@ -615,61 +811,98 @@ def evaluate_cold_items(
     progress=None,
 ) -> dict:
     """The cold-items tables of a run trained on every item of `dataset` but `cold` (and,
-    given `warm_run`, of a run trained on all of them): the cold items' representations from
-    their features, ranked among all items ("cold_items") and among the cold items alone
+    given `warm_run`, of a run trained on all of them): the cold items' representations
+    (`cold_item_variants`), ranked among all items ("cold_items": test; "cold_items_valid":
+    valid, which chooses "best_cold_item_method_by_valid") and among the cold items alone
     ("cold_items_among_themselves": whether the representations order the new items well,
-    whatever their scale against the trained ones), for the users with a test interaction with
-    a cold item, against content kNN. Rebuilds the run's model (graphs from the cache)."""
+    whatever their scale against the trained ones), for the users with a test (valid)
+    interaction with a cold item, against content kNN; "evaluated_users_all_test_items": the
+    same users' metrics on all their test items (whether new items are found at the expense of
+    the others), and "add_items_choice": what `add-items --method auto` chooses for the run
+    (`choose_cold_item_method`, on its trained items made cold, without the held-out items).
+    Rebuilds the run's model for its feature path (graphs from the cache)."""
+    from rearm.models import get_model
+
     say = progress.line if progress is not None else (lambda text: None)
     kept = np.setdiff1d(np.arange(dataset.num_items), cold)
     warm_items = subset_items(dataset, kept)
     bundle = load_bundle(run_dir)
     if bundle.num_items != len(kept) or bundle.num_users != dataset.num_users:
         raise ColdStartError(f"{run_dir}: was not trained on these {len(kept)} items")
-    model = rebuild_model(Path(run_dir) / BUNDLE_DIR, bundle.meta["config"], warm_items)
-    check_reproduces(model, bundle, str(run_dir))
+    config = bundle.meta["config"]
+    variants = cold_item_variants(get_model(config["model"]).feature_free)
+    model = None
+    if any(method == "features" for _, method, _ in variants):
+        model = rebuild_model(Path(run_dir) / BUNDLE_DIR, config, warm_items)
+        check_reproduces(model, bundle, str(run_dir))
     features = {name: np.asarray(table)[cold] for name, table in dataset.features.items()}
+    tables, seconds = {}, {}
+    for label, method, k in variants:
+        begin = time.perf_counter()
+        tables[label] = cold_item_table(
+            model, features, warm_items, config, bundle.item_repr, method, k or DEFAULT_NEIGHBOURS
+        )
+        seconds[label] = round(time.perf_counter() - begin, 4)
     begin = time.perf_counter()
-    cold_table = cold_item_table(model, features, warm_items, bundle.meta["config"])
-    cold_s = time.perf_counter() - begin
+    choice = choose_cold_item_method(model, bundle.user_repr, bundle.item_repr, warm_items, config)
+    choice["seconds"] = round(time.perf_counter() - begin, 2)
     items = np.zeros((dataset.num_items, bundle.item_repr.shape[1]), dtype=np.float32)
     items[kept] = bundle.item_repr
-    items[cold] = cold_table
-    # evaluated: users with a test interaction with a cold item; held out: those interactions
-    only_cold = sp.csr_matrix(dataset.test @ _columns(cold, dataset))
-    only_cold.eliminate_zeros()
-    users = np.flatnonzero(only_cold.getnnz(axis=1) > 0)
-    heldout = only_cold[users]
-    mask = sp.csr_matrix(protocol.mask_matrix(dataset, "test")[users])
-    scores = {
-        "model": bundle.user_repr[users] @ items.T,
-        "content_knn": content_knn_scores(
+    reference = load_bundle(warm_run) if warm_run is not None else None
+    found: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        # evaluated: users with a `split` interaction with a cold item; held out: those
+        only_cold = sp.csr_matrix(getattr(dataset, split) @ _columns(cold, dataset))
+        only_cold.eliminate_zeros()
+        users = np.flatnonzero(only_cold.getnnz(axis=1) > 0)
+        heldout = only_cold[users]
+        mask = sp.csr_matrix(protocol.mask_matrix(dataset, split)[users])
+        scores = {}
+        for label, table in tables.items():
+            items[cold] = table
+            scores[f"model {label}"] = bundle.user_repr[users] @ items.T
+        scores["content_knn"] = content_knn_scores(
             users, warm_items_history(dataset, kept), dataset.features
-        ),
-    }
-    if warm_run is not None:
-        reference = load_bundle(warm_run)
-        scores["model_trained_warm"] = reference.user_repr[users] @ reference.item_repr.T
-    among_all = {name: _metrics(s, heldout, mask, protocol.ks) for name, s in scores.items()}
-    among_cold = {
-        name: _metrics(s[:, cold], heldout[:, cold], mask[:, cold], protocol.ks)
-        for name, s in scores.items()
-    }
+        )
+        if reference is not None:
+            scores["model_trained_warm"] = reference.user_repr[users] @ reference.item_repr.T
+        among_all = {name: _metrics(s, heldout, mask, protocol.ks) for name, s in scores.items()}
+        if split == "valid":
+            found["cold_items_valid"] = among_all
+            continue
+        found["evaluated_users"] = len(users)
+        found["heldout_interactions"] = int(heldout.nnz)
+        found["cold_items"] = among_all
+        found["cold_items_among_themselves"] = {
+            name: _metrics(s[:, cold], heldout[:, cold], mask[:, cold], protocol.ks)
+            for name, s in scores.items()
+        }
+        # whether cold items are found at the expense of the same users' other test items
+        every = sp.csr_matrix(dataset.test[users])
+        found["evaluated_users_all_test_items"] = {
+            name: _metrics(s, every, mask, protocol.ks) for name, s in scores.items()
+        }
+    valid = found["cold_items_valid"]
+    best = max(tables, key=lambda label: valid[f"model {label}"]["Recall@20"])
+    found["best_cold_item_method_by_valid"] = best
+    found["add_items_choice"] = choice
+    found["cold_representation_s"] = seconds
     say(
         "cold items' test Recall@20 among all items: "
-        + ", ".join(f"{name} {row['Recall@20']:.4f}" for name, row in among_all.items())
+        + ", ".join(f"{name} {row['Recall@20']:.4f}" for name, row in found["cold_items"].items())
     )
     say(
         "... among the cold items only: "
-        + ", ".join(f"{name} {row['Recall@20']:.4f}" for name, row in among_cold.items())
+        + ", ".join(
+            f"{name} {row['Recall@20']:.4f}"
+            for name, row in found["cold_items_among_themselves"].items()
+        )
     )
-    return {
-        "evaluated_users": len(users),
-        "heldout_interactions": int(heldout.nnz),
-        "cold_items": among_all,
-        "cold_items_among_themselves": among_cold,
-        "cold_representation_s": round(cold_s, 4),
-    }
+    say(
+        f"best representation on the cold items' valid interactions: {best}; add-items "
+        f"--method auto (on the trained items made cold) chooses {choice['label']}"
+    )
+    return found
 
 
 def _columns(index: np.ndarray, dataset: Dataset) -> sp.dia_matrix:
@@ -687,8 +920,11 @@ def warm_items_history(dataset: Dataset, kept: np.ndarray) -> sp.csr_matrix:
 
 
 __all__ = [
+    "COLD_ITEM_METHODS",
     "FOLD_IN_METHODS",
     "add_items",
+    "cold_item_table",
+    "cold_item_variants",
     "cold_items_protocol",
     "cold_users_protocol",
     "content_knn_scores",
@@ -696,6 +932,9 @@ __all__ = [
     "draw_cold_users",
     "evaluate_cold_items",
     "evaluate_cold_users",
+    "feature_neighbours",
+    "feature_path_table",
+    "neighbour_rows",
     "read_new_items",
     "rebuild_model",
 ]
