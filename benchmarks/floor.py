@@ -90,6 +90,8 @@ def measure_floor(model, steps_per_epoch: int, repeats: int = 5) -> dict:
             device,
         )
 
+        from rearm.models.kernels import csr_dense_mm  # the model's own graph product
+
         width = (len(model.modalities) + 1) * model.dim
         products = []
         for graph, transpose, layers in (
@@ -102,7 +104,7 @@ def measure_floor(model, steps_per_epoch: int, repeats: int = 5) -> dict:
             x = torch.randn(graph.shape[1], width, device=device)
             products += [(graph, x), (transpose, x)] * layers
         per_step["graph_products"] = _median_seconds(
-            lambda: [torch.sparse.mm(graph, x) for graph, x in products], repeats, device
+            lambda: [csr_dense_mm(graph, x) for graph, x in products], repeats, device
         )
 
     # AdamW over copies of the trainable parameters, with gradients of the same shapes

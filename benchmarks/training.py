@@ -151,6 +151,8 @@ def classify(key, model) -> str:
         return "adamw"
     if "ScalarTokenAttention" in name:
         return "item_attention"
+    if name.startswith("_GraphProduct"):  # the numba CSR kernel inside the autograd function
+        return "graph_products"
     nodes = {model.num_users + model.num_items, model.num_users, model.num_items}
     widths = {t.shape[1] for t in list(model.item_tables) + list(model.user_tables)}
     if name in ("aten::mm", "aten::addmm"):

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from rearm.models.base import ProgressFn, Range, Recommender, check_weights
+from rearm.models.kernels import csr_dense_mm
 from rearm.models.layers import bpr_loss, feature_tables, propagate
 
 # Bump when the item-item graph recipe below changes, so cached graphs are rebuilt.
@@ -210,8 +211,8 @@ class FREEDOM(Recommender):
         z_known = self.item_embedding.weight
         z_own = torch.zeros(rows.shape[0], z_known.shape[1], device=device)
         for _ in range(self.item_graph_layers):
-            z_own = torch.sparse.mm(rows, z_known) + own * z_own
-            z_known = torch.sparse.mm(self.item_graph, z_known)
+            z_own = csr_dense_mm(rows, z_known) + own * z_own
+            z_known = csr_dense_mm(self.item_graph, z_known)
         return z_own
 
     # ----------------------------------------------------------------------------------------

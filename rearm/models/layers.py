@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rearm.models.kernels import HAVE_NUMBA, FusedScalarTokenAttention
+from rearm.models.kernels import HAVE_NUMBA, FusedScalarTokenAttention, csr_dense_mm
 
 
 class _GraphProduct(torch.autograd.Function):
@@ -19,11 +19,11 @@ class _GraphProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, graph: Tensor, transpose: Tensor) -> Tensor:
         ctx.transpose = transpose
-        return torch.sparse.mm(graph, x)
+        return csr_dense_mm(graph, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return torch.sparse.mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
+        return csr_dense_mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
 
 
 class _RowNormalize(torch.autograd.Function):
@@ -92,7 +92,7 @@ def propagate(
             if transpose is not None and x.requires_grad:
                 x = _GraphProduct.apply(x, graph, transpose)
             else:
-                x = torch.sparse.mm(graph, x)
+                x = csr_dense_mm(graph, x)
             if total is not None:
                 total = total + x
     return total / (num_layers + 1) if total is not None else x

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rearm.models.base import ProgressFn, Range, Recommender, check_weights
+from rearm.models.kernels import csr_dense_mm
 from rearm.models.layers import (
     MetaNetwork,
     ModalityAttention,
@@ -378,8 +379,8 @@ class REARM(Recommender):
             own = torch.from_numpy(own).to(device)[:, None]
             for _ in range(self.item_homograph_layers):
                 step = own * z_own
-                z_own = step if rows is None else torch.sparse.mm(rows, z_known) + step
-                z_known = torch.sparse.mm(self.item_homograph, z_known)
+                z_own = step if rows is None else csr_dense_mm(rows, z_known) + step
+                z_known = csr_dense_mm(self.item_homograph, z_known)
         parts = normalize_rows(z_own).split(self.dim, dim=1)
         views = self.attention(list(parts[1:]))
         rows = torch.cat(views + [parts[0]], dim=1) / (self.num_layers + 1)
