@@ -47,8 +47,8 @@ def test_equal_to_torch_sparse_mm(rows, cols, width):
 def test_fallbacks_are_torch_sparse_mm():
     graph = random_csr(40, 30, 0.1, 1)
     x = torch.randn(30, 4)
-    coo = graph.to_sparse_coo()
-    torch.testing.assert_close(csr_dense_mm(coo, x), torch.sparse.mm(coo, x))
+    coordinate = graph.to_sparse_coo()
+    torch.testing.assert_close(csr_dense_mm(coordinate, x), torch.sparse.mm(coordinate, x))
     double = graph.to(torch.float64)
     result = csr_dense_mm(double, x.double())
     assert result.dtype == torch.float64
