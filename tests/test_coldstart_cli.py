@@ -220,8 +220,12 @@ def test_add_items_for_models_without_features(mf_run, small_data, tmp_path, run
     assert code == 2 and err.count("\n") == 1
     assert "mf has no item features" in err and "--method neighbours" in err
     assert not (tmp_path / "x").exists()
-    code, _, err = run_cli(*args, "--out", tmp_path / "y", "--neighbours", "0")
+    code, _, err = run_cli(
+        *args, "--out", tmp_path / "y", "--method", "neighbours", "--neighbours", "0"
+    )
     assert code == 2 and err.count("\n") == 1 and "--neighbours must be a positive" in err
+    code, _, err = run_cli(*args, "--out", tmp_path / "y", "--neighbours", "5")
+    assert code == 2 and err.count("\n") == 1 and "--method auto chooses k itself" in err
     code, _, err = run_cli(*args, "--out", tmp_path / "auto")
     assert code == 0, err
     choice = load_bundle(tmp_path / "auto").meta["added_items"]["choice"]

@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument(
         "--neighbours",
         type=int,
-        default=10,
-        help="feature-similar known items --method neighbours uses (default 10)",
+        help="feature-similar known items --method neighbours uses (default 10; auto "
+        "chooses its own)",
     )
     add.add_argument("--force", action="store_true", help="replace a run in --out")
     add.add_argument("--quiet", action="store_true", help="no progress output")

@@ -372,7 +372,7 @@ def add_items(
     *,
     data: str | None = None,
     method: str = "auto",
-    neighbours: int = DEFAULT_NEIGHBOURS,
+    neighbours: int | None = None,
     force: bool = False,
     progress=None,
 ) -> dict:
@@ -413,6 +413,12 @@ def add_items(
             "interactions through its own path (use --method neighbours, or a model with a "
             "feature path, e.g. rearm, vbpr or freedom)"
         )
+    if neighbours is not None and method != "neighbours":
+        raise ColdStartError(
+            f"--neighbours sets k for --method neighbours (--method {method} "
+            + ("chooses k itself)" if method == "auto" else "uses no neighbours)")
+        )
+    neighbours = DEFAULT_NEIGHBOURS if neighbours is None else neighbours
     check_neighbours(neighbours)
     if not bundle.meta.get("modalities"):
         raise ColdStartError(
@@ -435,7 +441,7 @@ def add_items(
     choice = None
     if method == "auto":
         choice = choose_cold_item_method(model, bundle.user_repr, bundle.item_repr, dataset, config)
-        method, neighbours = choice["method"], choice["neighbours"] or neighbours
+        method, neighbours = choice["method"], choice["neighbours"] or DEFAULT_NEIGHBOURS
         say(
             f"chose {choice['label']} on {choice['items']} known items made cold (valid "
             "Recall@20: "
