@@ -533,49 +533,36 @@ def plan(
         },
     }
     building = max(building_steps, key=lambda step: sum(building_steps[step].values()))
+    loaded = {
+        "interpreter and libraries": baseline,
+        "interactions": interactions,
+        "data_features": data_features,
+    }
+    trained = {  # resident through training and validation
+        **loaded,
+        "graphs_kept_for_training": kept_graphs,
+        "model_feature_tables": tables,
+        "id_embeddings and other parameters": 4 * (ids + small),
+        "gradients": 4 * trainable,
+        "adamw_state": 8 * trainable,
+    }
+    first_epoch = {**trained, "activations_one_step": activations}
     phases = {
         f"graph building ({building})": building_steps[building],
         "model construction": {
-            "interpreter and libraries": baseline,
-            "interactions": interactions,
-            "data_features": data_features,
+            **loaded,
             "user_interest_features": interest,
             "every graph (torch)": sum(g.bytes for g in graphs) + kept_graphs // 2,
             "model_feature_tables": tables,
             "id_embeddings": 4 * ids,
         },
-        "training, first epoch": {
-            "interpreter and libraries": baseline,
-            "interactions": interactions,
-            "data_features": data_features,
-            "graphs_kept_for_training": kept_graphs,
-            "model_feature_tables": tables,
-            "id_embeddings and other parameters": 4 * (ids + small),
-            "gradients": 4 * trainable,
-            "adamw_state": 8 * trainable,
-            "activations_one_step": activations,
-        },
+        "training, first epoch": first_epoch,
         "training, later epochs": {
-            "interpreter and libraries": baseline,
-            "interactions": interactions,
-            "data_features": data_features,
-            "graphs_kept_for_training": kept_graphs,
-            "model_feature_tables": tables,
-            "id_embeddings and other parameters": 4 * (ids + small),
-            "gradients": 4 * trainable,
-            "adamw_state": 8 * trainable,
-            "activations_one_step": activations,
+            **first_epoch,
             "best_state_copy (kept from the first validation on)": 4 * parameters,
         },
         "validation": {
-            "interpreter and libraries": baseline,
-            "interactions": interactions,
-            "data_features": data_features,
-            "graphs_kept_for_training": kept_graphs,
-            "model_feature_tables": tables,
-            "id_embeddings and other parameters": 4 * (ids + small),
-            "gradients": 4 * trainable,
-            "adamw_state": 8 * trainable,
+            **trained,
             "best_state_copy (made after the validation)": 4 * parameters,
             "evaluation_block": evaluation,
         },
