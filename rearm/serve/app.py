@@ -131,6 +131,12 @@ def create_app(
     )
     app.state.service = service
     protected = [Depends(require_key)]
+    # the query parameters GET /recommend and GET /similar share
+    KQuery = Annotated[int, Query(ge=1, description="items to return")]
+    ExcludeQuery = Annotated[
+        list[str] | None,
+        Query(description="item ids never returned (repeat or comma-separate)"),
+    ]
 
     def check_k(k: int) -> None:
         if k > max_k:
@@ -158,11 +164,8 @@ def create_app(
     )
     def recommend(
         user: Annotated[str, Query(description="the data's own user id")],
-        k: Annotated[int, Query(ge=1, description="items to return")] = 20,
-        exclude: Annotated[
-            list[str] | None,
-            Query(description="item ids never returned (repeat or comma-separate)"),
-        ] = None,
+        k: KQuery = 20,
+        exclude: ExcludeQuery = None,
     ):
         check_k(k)
         (entry,) = service.recommend([user], k, exclude=split_ids(exclude or []))
@@ -196,11 +199,8 @@ def create_app(
     )
     def similar(
         item: Annotated[str, Query(description="the data's own item id")],
-        k: Annotated[int, Query(ge=1, description="items to return")] = 20,
-        exclude: Annotated[
-            list[str] | None,
-            Query(description="item ids never returned (repeat or comma-separate)"),
-        ] = None,
+        k: KQuery = 20,
+        exclude: ExcludeQuery = None,
     ):
         check_k(k)
         return JSONResponse(service.similar(item, k, exclude=split_ids(exclude or [])))
