@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready", help="(concurrent runs) create this file once built ...")
     parser.add_argument("--go", help="... then wait for this file before timing")
     args = parser.parse_args(argv)
+    if args.top < 0 or args.profile < 0:
+        parser.error("--profile and --top must be >= 0")
     if args.threads is not None:
         from rearm.training.threads import set_threads
 
