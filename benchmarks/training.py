@@ -151,7 +151,9 @@ def classify(key, model) -> str:
         return "adamw"
     if "ScalarTokenAttention" in name:
         return "item_attention"
-    if name.startswith("_GraphProduct"):  # the numba CSR kernel inside the autograd function
+    if name.startswith(("_GraphProduct", "_LayerMean")):
+        # the numba CSR kernels inside the autograd functions (_LayerMean: LightGCN's layers,
+        # each product fused with its layer-sum add)
         return "graph_products"
     nodes = {model.num_users + model.num_items, model.num_users, model.num_items}
     widths = {t.shape[1] for t in list(model.item_tables) + list(model.user_tables)}

@@ -428,9 +428,11 @@ def plan(
     meta_floats = 0.0
     if not h["no_meta"]:
         # per side: the knowledge vector, three [n, d r] tensors per low-rank MLP (the last its
-        # normalize_rows output, with 1.25 floats of norm and mask), and the propagated views,
-        # which the knowledge Linear keeps
-        meta_floats = (U + I) * (6 * d * r + d + W + 2.5)
+        # normalize_rows output, with 1.25 floats of norm and mask); the propagated views too,
+        # which the knowledge Linear keeps, unless the knowledge is detached (the published
+        # quirk: then it is computed without autograd)
+        kept_views = 0 if h.get("detach_knowledge", True) else W
+        meta_floats = (U + I) * (6 * d * r + d + kept_views + 2.5)
         saved += meta_floats
     batch = int(t["batch_size"])
     distinct_users, distinct_items = min(batch, U), min(2 * batch, I)

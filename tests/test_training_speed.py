@@ -88,7 +88,18 @@ def test_static_shapes_loss_equals_the_eager_loss_values_and_gradients(modalitie
         assert torch.allclose(eager_terms[name], static_terms[name], rtol=1e-5, atol=1e-7)
     assert set(eager_grads) == set(static_grads)
     for name, grad in eager_grads.items():
-        assert torch.allclose(grad, static_grads[name], rtol=1e-4, atol=1e-7), name
+        static_grad = static_grads[name]
+        if "attention." in name and name.endswith(("in_proj_bias", "out_proj.bias")):
+            # the key, value and output biases have a gradient that is zero up to rounding
+            # (the softmax removes the first, the LayerNorm after the attention the others'
+            # shift of all coordinates alike; see test_training_pinned): that rounding differs
+            # between the two paths' orders of summation, so those entries are checked to be
+            # rounding-sized in both, and the query bias like every other gradient
+            zero = [1, 2] if name.endswith("in_proj_bias") else [0]
+            assert grad[zero].abs().max() < 1e-6 and static_grad[zero].abs().max() < 1e-6, name
+            keep = [i for i in range(grad.numel()) if i not in zero]
+            grad, static_grad = grad.reshape(-1)[keep], static_grad.reshape(-1)[keep]
+        assert torch.allclose(grad, static_grad, rtol=1e-4, atol=1e-7), name
 
 
 def test_fixed_shape_training_matches_the_recorded_run():

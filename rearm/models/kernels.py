@@ -221,6 +221,45 @@ if HAVE_NUMBA:
                     for c in range(width):
                         row[c] += value * source[c]
 
+    @numba.njit(parallel=True, cache=True)
+    def _csr_dense_add_kernel(bounds, indptr, indices, data, x, base, scale, out):
+        # out = scale * (base + graph @ x), one pass over each output row
+        width = x.shape[1]
+        for chunk in prange(bounds.shape[0] - 1):
+            for r in range(bounds[chunk], bounds[chunk + 1]):
+                row = out[r]
+                start = base[r]
+                for c in range(width):
+                    row[c] = 0.0
+                for p in range(indptr[r], indptr[r + 1]):
+                    value = data[p]
+                    source = x[indices[p]]
+                    for c in range(width):
+                        row[c] += value * source[c]
+                for c in range(width):
+                    row[c] = scale * (start[c] + row[c])
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _softmax_rows_kernel(logits, lse, diagonal):
+        # per row: lse = logsumexp(row), diagonal = row[r]; the row becomes softmax(row)
+        n, m = logits.shape
+        for r in prange(n):
+            row = logits[r]
+            e = np.empty(m, np.float32)
+            bits = np.empty(m, np.int32)
+            top = np.float32(-np.inf)
+            for b in range(m):
+                top = max(top, row[b])
+            diagonal[r] = row[r] if r < m else np.float32(0.0)
+            _row_exp(np.float32(1.0), row, top, e, bits)
+            total = np.float32(0.0)
+            for b in range(m):
+                total += e[b]
+            inverse = np.float32(1.0) / total
+            for b in range(m):
+                row[b] = e[b] * inverse
+            lse[r] = top + np.log(total)
+
 
 SPMM_CHUNKS = 64  # row chunks per product: balances threads when rows differ in length
 
@@ -233,30 +272,124 @@ def csr_dense_mm(graph: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     that took more than half of each product on Baby's [26,495 x 192] LightGCN layers. No
     autograd: callers wrap it (`layers._GraphProduct`). Falls back to `torch.sparse.mm`
     for other layouts, dtypes and devices, or without numba."""
-    if not (
-        HAVE_NUMBA
-        and graph.layout == torch.sparse_csr
-        and graph.device.type == "cpu"
-        and graph.dtype == torch.float32
-        and x.dtype == torch.float32
-        and x.dim() == 2
-        and not (x.requires_grad and torch.is_grad_enabled())
-    ):
+    if not _fast_path(graph, x):
         return torch.sparse.mm(graph, x)
-    indptr = graph.crow_indices().numpy()
-    chunks = min(SPMM_CHUNKS, max(1, graph.shape[0]))
-    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], chunks + 1), side="left")
-    bounds[0], bounds[-1] = 0, graph.shape[0]
     out = torch.empty(graph.shape[0], x.shape[1], dtype=torch.float32)
     _csr_dense_kernel(
-        bounds.astype(np.int64),
-        indptr,
+        _chunk_bounds(graph),
+        graph.crow_indices().numpy(),
         graph.col_indices().numpy(),
         graph.values().detach().numpy(),
         x.detach().contiguous().numpy(),
         out.numpy(),
     )
     return out
+
+
+if HAVE_NUMBA:
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _prelu_forward_kernel(x, weight, out):
+        n, m = x.shape
+        for r in prange(n):
+            for c in range(m):
+                value = x[r, c]
+                out[r, c] = value if value > 0 else weight * value
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _prelu_backward_kernel(x, grad, weight, out, partial):
+        n, m = x.shape
+        for r in prange(n):
+            total = np.float32(0.0)
+            for c in range(m):
+                value = x[r, c]
+                g = grad[r, c]
+                positive = value > 0
+                out[r, c] = g if positive else weight * g
+                total += np.float32(0.0) if positive else value * g
+            partial[r] = total
+
+
+def _prelu_arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    # numba takes strided 2-d arrays as they are: column slices need no copy
+    return [t.detach().numpy() for t in tensors]
+
+
+class FusedPReLU(torch.autograd.Function):
+    """PReLU with one shared slope on a 2-d float32 CPU tensor: forward one pass; backward one
+    pass that writes the input's gradient and sums the slope's (torch's backward materialises
+    a per-element slope gradient and then reduces it, several passes over [n, d])."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=torch.float32)
+        a = np.float32(weight.detach().reshape(-1)[0].item())
+        _prelu_forward_kernel(*_prelu_arrays(x), a, out.numpy())
+        ctx.save_for_backward(x)
+        ctx.slope = a
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        out = torch.empty(x.shape, dtype=torch.float32)
+        partial = np.empty(x.shape[0], dtype=np.float32)
+        _prelu_backward_kernel(*_prelu_arrays(x, grad), ctx.slope, out.numpy(), partial)
+        grad_weight = torch.tensor([partial.sum(dtype=np.float64)], dtype=torch.float32)
+        return out, grad_weight
+
+
+def _chunk_bounds(graph: torch.Tensor) -> np.ndarray:
+    indptr = graph.crow_indices().numpy()
+    chunks = min(SPMM_CHUNKS, max(1, graph.shape[0]))
+    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], chunks + 1), side="left")
+    bounds[0], bounds[-1] = 0, graph.shape[0]
+    return bounds.astype(np.int64)
+
+
+def _fast_path(graph: torch.Tensor, *dense: torch.Tensor) -> bool:
+    return (
+        HAVE_NUMBA
+        and graph.layout == torch.sparse_csr
+        and graph.device.type == "cpu"
+        and graph.dtype == torch.float32
+        and all(x.dtype == torch.float32 and x.dim() == 2 and x.device.type == "cpu" for x in dense)
+        and not (torch.is_grad_enabled() and any(x.requires_grad for x in dense))
+    )
+
+
+def csr_dense_mm_add(
+    graph: torch.Tensor, x: torch.Tensor, base: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """scale * (base + graph @ x) for a sparse graph [n, m], dense x [m, w] and base [n, w],
+    written in one pass over the output on the CPU (the LightGCN layer sum, Horner style:
+    `propagate`). Elsewhere it is the same expression in torch. No autograd."""
+    if not _fast_path(graph, x, base):
+        out = base + torch.sparse.mm(graph, x)
+        return out if scale == 1.0 else out * scale
+    out = torch.empty(graph.shape[0], x.shape[1], dtype=torch.float32)
+    _csr_dense_add_kernel(
+        _chunk_bounds(graph),
+        graph.crow_indices().numpy(),
+        graph.col_indices().numpy(),
+        graph.values().detach().numpy(),
+        x.detach().contiguous().numpy(),
+        base.detach().contiguous().numpy(),
+        np.float32(scale),
+        out.numpy(),
+    )
+    return out
+
+
+def softmax_rows_(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place: each row of a float32 CPU [n, m] tensor becomes its softmax, in one pass over
+    memory (max, exp, sum and scale run on the row while it is in cache). Returns (logsumexp of
+    every row [n], the diagonal logits[r, r] [n], 0 past column m) as they were before."""
+    n = logits.shape[0]
+    lse = torch.empty(n, dtype=torch.float32)
+    diagonal = torch.empty(n, dtype=torch.float32)
+    _softmax_rows_kernel(logits.numpy(), lse.numpy(), diagonal.numpy())
+    return lse, diagonal
 
 
 def dropout_keep_mask(n: int, d: int, p: float, seed: int) -> np.ndarray:

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rearm.models.kernels import HAVE_NUMBA, FusedScalarTokenAttention, csr_dense_mm
+from rearm.models.kernels import (
+    HAVE_NUMBA,
+    FusedPReLU,
+    FusedScalarTokenAttention,
+    csr_dense_mm,
+    csr_dense_mm_add,
+    softmax_rows_,
+)
 
 
 class _GraphProduct(torch.autograd.Function):
@@ -24,6 +31,32 @@ class _GraphProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return csr_dense_mm(ctx.transpose, grad.to(ctx.transpose.dtype)), None, None
+
+
+def _layer_mean(graph: Tensor, x: Tensor, num_layers: int) -> Tensor:
+    """(x + graph x + ... + graph^L x) / (L + 1), Horner style: y <- x + graph y, L times, each
+    layer one fused pass (`csr_dense_mm_add`), the division folded into the last."""
+    y = x
+    for layer in range(num_layers):
+        scale = 1.0 / (num_layers + 1) if layer == num_layers - 1 else 1.0
+        y = csr_dense_mm_add(graph, y, x, scale)
+    return y
+
+
+class _LayerMean(torch.autograd.Function):
+    """LightGCN's layer mean with the backward in the same form over the transpose:
+    d x = (g + graph^T (g + graph^T (...))) / (L + 1). Neither pass keeps anything but the
+    graphs, and no layer's output or sum is materialised for autograd."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, graph: Tensor, transpose: Tensor, num_layers: int) -> Tensor:
+        ctx.transpose, ctx.num_layers = transpose, num_layers
+        return _layer_mean(graph, x, num_layers)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.to(ctx.transpose.dtype).contiguous()
+        return _layer_mean(ctx.transpose, grad, ctx.num_layers), None, None, None
 
 
 class _RowNormalize(torch.autograd.Function):
@@ -86,6 +119,13 @@ def propagate(
     # graph products run in the graph's precision, autocast or not (sparse kernels have no
     # bfloat16 version)
     x = x.to(graph.dtype)
+    if combine == "mean" and (
+        transpose is not None or not (x.requires_grad and torch.is_grad_enabled())
+    ):
+        with torch.autocast(x.device.type, enabled=False):
+            if x.requires_grad and torch.is_grad_enabled():
+                return _LayerMean.apply(x, graph, transpose, num_layers)
+            return _layer_mean(graph, x, num_layers)
     total = x if combine == "mean" else None
     with torch.autocast(x.device.type, enabled=False):
         for _ in range(num_layers):
@@ -96,6 +136,24 @@ def propagate(
             if total is not None:
                 total = total + x
     return total / (num_layers + 1) if total is not None else x
+
+
+class PReLU(nn.PReLU):
+    """nn.PReLU (same parameter, initialisation and state-dict key) whose single-slope case runs
+    a fused CPU kernel on 2-d float32 inputs (`kernels.FusedPReLU`): REARM applies it to every
+    node's views and the meta-network's [n, d r] activations at each step."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            HAVE_NUMBA
+            and self.num_parameters == 1
+            and x.dim() == 2
+            and x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return FusedPReLU.apply(x, self.weight)
+        return super().forward(x)
 
 
 class ScalarTokenAttention(nn.Module):
@@ -201,7 +259,7 @@ class LowRankMLP(nn.Module):
     def __init__(self, dim: int, rank: int) -> None:
         super().__init__()
         self.first = nn.Linear(dim, dim * rank)
-        self.activation = nn.PReLU()
+        self.activation = PReLU()
         self.second = nn.Linear(dim * rank, dim * rank)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -226,10 +284,13 @@ class MetaNetwork(nn.Module):
     def logits(self, modal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """modal: [n, M d] -> (W1 [n, d r], mean_n W1 [d r], W2 [n, r d], mean_n W2 [r d]); the
         means run over all n nodes, so they are taken before any row is selected."""
-        knowledge = self.knowledge(modal)
         if self.detach_knowledge:
-            # [quirk] the reference detaches the knowledge vector, so `self.knowledge` never trains
-            knowledge = knowledge.detach()
+            # [quirk] the reference detaches the knowledge vector, so `self.knowledge` never
+            # trains; computed without autograd, nothing is kept for a backward that never runs
+            with torch.no_grad():
+                knowledge = self.knowledge(modal)
+        else:
+            knowledge = self.knowledge(modal)
         w1 = self.first(knowledge)
         w2 = self.second(knowledge)
         return w1, w1.mean(0), w2, w2.mean(0)
@@ -249,6 +310,29 @@ class MetaNetwork(nn.Module):
 def bpr_loss(positive: Tensor, negative: Tensor) -> Tensor:
     """Mean of -log sigmoid(score(u, i+) - score(u, i-)); both [B]."""
     return F.softplus(negative - positive).mean()
+
+
+class _DiagonalInfoNCE(torch.autograd.Function):
+    """mean_n [logsumexp_m (a_n . c_m) - a_n . c_n] for float32 CPU a, c [n, d], with the [n, n]
+    logits computed by one product and turned into softmax probabilities P in place, in one pass
+    (`kernels.softmax_rows_`); backward is two products with P:
+    d a = w (P c - c), d c = w (P^T a - a), w = grad / n. Autograd's logsumexp takes about six
+    passes over the [n, n] logits forward and backward; on Baby that was 3 s of an epoch."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, candidate: Tensor) -> Tensor:
+        probabilities = anchor @ candidate.T
+        lse, positive = softmax_rows_(probabilities)
+        ctx.save_for_backward(anchor, candidate, probabilities)
+        return (lse - positive).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        anchor, candidate, probabilities = ctx.saved_tensors
+        weight = grad / anchor.shape[0]
+        grad_anchor = (probabilities @ candidate).sub_(candidate).mul_(weight)
+        grad_candidate = (probabilities.T @ anchor).sub_(anchor).mul_(weight)
+        return grad_anchor, grad_candidate
 
 
 def info_nce(
@@ -272,6 +356,16 @@ def info_nce(
     # folded into the [n, d] anchor instead of the [n, N] logits
     anchor = F.normalize(anchor, dim=1) / temperature
     candidate = F.normalize(candidate, dim=1)
+    if (
+        keep is None
+        and positives is None
+        and HAVE_NUMBA
+        and anchor.device.type == "cpu"
+        and anchor.dtype == candidate.dtype == torch.float32
+        and anchor.shape == candidate.shape
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return _DiagonalInfoNCE.apply(anchor, candidate)
     logits = anchor @ candidate.T
     if positives is not None:
         if keep is not None:
@@ -404,6 +498,7 @@ __all__ = [
     "LowRankMLP",
     "MetaNetwork",
     "ModalityAttention",
+    "PReLU",
     "ScalarTokenAttention",
     "TableProjection",
     "bpr_loss",

@@ -1,0 +1,109 @@
+"""The fused CPU kernels behind a REARM training step give what the plain torch expressions give:
+the LightGCN layer mean (Horner form, both passes), the in-place row softmax and the InfoNCE built
+on it, and the single-slope PReLU (values and both gradients, also on column slices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from rearm.graphs.sparse import to_torch
+from rearm.models.kernels import HAVE_NUMBA, csr_dense_mm_add, softmax_rows_
+from rearm.models.layers import PReLU, info_nce, propagate, sparse_transpose
+
+pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+
+
+def random_csr(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
+    matrix = sp.random(rows, cols, density=density, format="csr", dtype=np.float32, rng=seed)
+    return to_torch(matrix)
+
+
+def test_csr_dense_mm_add_is_scaled_base_plus_product():
+    graph = random_csr(70, 50, 0.1, 0)
+    x, base = torch.randn(50, 6), torch.randn(70, 6)
+    want = 0.25 * (base + torch.sparse.mm(graph, x))
+    torch.testing.assert_close(csr_dense_mm_add(graph, x, base, 0.25), want)
+    # a column slice as x, and the torch fallback for another layout
+    wide = torch.randn(50, 9)
+    torch.testing.assert_close(
+        csr_dense_mm_add(graph, wide[:, 2:8], base),
+        base + torch.sparse.mm(graph, wide[:, 2:8].contiguous()),
+    )
+    coordinate = graph.to_sparse_coo()
+    torch.testing.assert_close(csr_dense_mm_add(coordinate, x, base, 0.25), want)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_layer_mean_values_and_gradients_equal_the_dense_sum(layers):
+    graph = random_csr(90, 90, 0.06, layers)
+    dense = graph.to_dense().double()
+    start = torch.randn(90, 5, generator=torch.Generator().manual_seed(layers))
+    weights = torch.randn(90, 5, generator=torch.Generator().manual_seed(7))
+    x = start.clone().requires_grad_()
+    out = propagate(graph, x, layers, combine="mean", transpose=sparse_transpose(graph))
+    (out * weights).sum().backward()
+    powers = [torch.linalg.matrix_power(dense, k) for k in range(layers + 1)]
+    want = sum(p @ start.double() for p in powers) / (layers + 1)
+    want_grad = sum(p.T @ weights.double() for p in powers) / (layers + 1)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), want_grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # evaluation takes the same form without autograd
+        torch.testing.assert_close(propagate(graph, x, layers).double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (7, 7), (40, 65), (300, 300)])
+def test_softmax_rows_in_place(rows, cols):
+    logits = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows)) * 8
+    original = logits.clone()
+    lse, diagonal = softmax_rows_(logits)
+    torch.testing.assert_close(logits, torch.softmax(original, dim=1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lse, torch.logsumexp(original, dim=1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(diagonal, original.diagonal())
+
+
+def test_softmax_rows_survives_extreme_logits():
+    logits = torch.tensor([[1000.0, -1000.0, 999.0], [-500.0, -500.0, -500.0]])
+    original = logits.clone()
+    lse, _ = softmax_rows_(logits)
+    assert torch.isfinite(logits).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(logits, torch.softmax(original, dim=1))
+    torch.testing.assert_close(lse, torch.logsumexp(original, dim=1))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 33, 500])
+def test_fused_info_nce_equals_log_softmax_diagonal(rows):
+    generator = torch.Generator().manual_seed(rows)
+    anchor = torch.randn(rows, 16, generator=generator, requires_grad=True)
+    candidate = torch.randn(rows, 16, generator=generator, requires_grad=True)
+    loss = info_nce(anchor, candidate, 0.2)
+    loss.backward()
+    got = (loss.detach(), anchor.grad.clone(), candidate.grad.clone())
+    anchor.grad = candidate.grad = None
+    logits = F.normalize(anchor, dim=1) @ F.normalize(candidate, dim=1).T / 0.2
+    want = -torch.log_softmax(logits, dim=1).diagonal().mean()
+    want.backward()
+    torch.testing.assert_close(got[0], want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], anchor.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], candidate.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_prelu_equals_torch_prelu_on_slices_with_both_gradients():
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(64, 30, generator=generator)
+    base[0, :5] = 0.0  # zeros take the negative branch's slope gradient of 0
+    grad = torch.randn(30, 64, generator=generator).T  # non-contiguous
+    results = []
+    for module in (PReLU(), torch.nn.PReLU()):
+        module.weight.data.fill_(0.3)
+        leaf = base.clone().requires_grad_()
+        out = module(leaf[:, 10:20])  # a column slice, as REARM's per-modality views are
+        out.backward(grad[:, 10:20])
+        results.append((out.detach(), leaf.grad, module.weight.grad))
+    for got, want in zip(results[0], results[1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # same parameter and state-dict key as nn.PReLU
+    assert list(PReLU().state_dict()) == ["weight"]
