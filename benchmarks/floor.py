@@ -19,6 +19,8 @@ an epoch; `floor_epoch_s` is their sum. Everything else a step does (attention, 
 losses, elementwise passes) is not in the floor.
 """
 
+# ruff: noqa: I001  (rearm is imported before torch on purpose)
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import rearm  # noqa: F401  (before torch allocates: rearm/__init__.py sets its allocator)
 import torch
 
 

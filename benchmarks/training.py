@@ -16,6 +16,8 @@ and scales to a full epoch (says so in the output: "extrapolated_from_steps").
 seconds per epoch and share (the profiler's self times, scaled to the measured epoch).
 """
 
+# ruff: noqa: I001  (rearm is imported before torch on purpose)
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +28,7 @@ import sys
 import time
 
 import numpy as np
+import rearm  # noqa: F401  (before torch allocates: rearm/__init__.py sets its allocator)
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

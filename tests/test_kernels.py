@@ -107,3 +107,21 @@ def test_fused_prelu_equals_torch_prelu_on_slices_with_both_gradients():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # same parameter and state-dict key as nn.PReLU
     assert list(PReLU().state_dict()) == ["weight"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
+def test_importing_rearm_turns_on_huge_pages_for_torch_unless_told_otherwise(given, expected):
+    """rearm sets THP_MEM_ALLOC_ENABLE=1 (torch's allocator then madvises its large CPU
+    blocks) when the environment does not say otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    code = "import os, rearm; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == expected
