@@ -206,37 +206,34 @@ if HAVE_NUMBA:
 
 if HAVE_NUMBA:
 
+    @numba.njit(inline="always")
+    def _row_product(r, indptr, indices, data, x, row):
+        # row = (graph @ x)[r], summed in the stored order
+        width = x.shape[1]
+        for c in range(width):
+            row[c] = 0.0
+        for p in range(indptr[r], indptr[r + 1]):
+            value = data[p]
+            source = x[indices[p]]
+            for c in range(width):
+                row[c] += value * source[c]
+
     @numba.njit(parallel=True, cache=True)
     def _csr_dense_kernel(bounds, indptr, indices, data, x, out):
         # rows [bounds[c], bounds[c + 1]) per chunk, chunks of about equal nonzeros
-        width = x.shape[1]
         for chunk in prange(bounds.shape[0] - 1):
             for r in range(bounds[chunk], bounds[chunk + 1]):
-                row = out[r]
-                for c in range(width):
-                    row[c] = 0.0
-                for p in range(indptr[r], indptr[r + 1]):
-                    value = data[p]
-                    source = x[indices[p]]
-                    for c in range(width):
-                        row[c] += value * source[c]
+                _row_product(r, indptr, indices, data, x, out[r])
 
     @numba.njit(parallel=True, cache=True)
     def _csr_dense_add_kernel(bounds, indptr, indices, data, x, base, scale, out):
         # out = scale * (base + graph @ x), one pass over each output row
-        width = x.shape[1]
         for chunk in prange(bounds.shape[0] - 1):
             for r in range(bounds[chunk], bounds[chunk + 1]):
                 row = out[r]
+                _row_product(r, indptr, indices, data, x, row)
                 start = base[r]
-                for c in range(width):
-                    row[c] = 0.0
-                for p in range(indptr[r], indptr[r + 1]):
-                    value = data[p]
-                    source = x[indices[p]]
-                    for c in range(width):
-                        row[c] += value * source[c]
-                for c in range(width):
+                for c in range(x.shape[1]):
                     row[c] = scale * (start[c] + row[c])
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
