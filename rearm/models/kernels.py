@@ -12,8 +12,12 @@ against it and against nn.MultiheadAttention); only the random stream of the dro
 
 Used on CPU tensors when numba is importable; GPU tensors use the tensor version.
 
-Also here: `csr_dense_mm`, the CPU product of a sparse CSR graph and a dense matrix that every
-graph propagation uses.
+Also here, each tested against the plain torch expression (tests/test_kernels.py,
+tests/test_graph_product.py): `csr_dense_mm`, the CPU product of a sparse CSR graph and a dense
+matrix that every graph propagation uses; `csr_dense_mm_add`, the same product with a base added
+and a scale applied as the output is written (LightGCN's layer mean in Horner form);
+`softmax_rows_`, an in-place row softmax that also returns the rows' logsumexp and the diagonal
+(REARM's InfoNCE); `FusedPReLU`, PReLU with a one-pass backward.
 """
 
 from __future__ import annotations
