@@ -431,7 +431,7 @@ def plan(
         # normalize_rows output, with 1.25 floats of norm and mask); the propagated views too,
         # which the knowledge Linear keeps, unless the knowledge is detached (the published
         # quirk: then it is computed without autograd)
-        kept_views = 0 if h.get("detach_knowledge", True) else W
+        kept_views = 0 if h["detach_knowledge"] else W
         meta_floats = (U + I) * (6 * d * r + d + kept_views + 2.5)
         saved += meta_floats
     batch = int(t["batch_size"])

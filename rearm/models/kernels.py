@@ -276,14 +276,7 @@ def csr_dense_mm(graph: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if not _fast_path(graph, x):
         return torch.sparse.mm(graph, x)
     out = torch.empty(graph.shape[0], x.shape[1], dtype=torch.float32)
-    _csr_dense_kernel(
-        _chunk_bounds(graph),
-        graph.crow_indices().numpy(),
-        graph.col_indices().numpy(),
-        graph.values().detach().numpy(),
-        x.detach().contiguous().numpy(),
-        out.numpy(),
-    )
+    _csr_dense_kernel(*_graph_arrays(graph), x.detach().contiguous().numpy(), out.numpy())
     return out
 
 
@@ -330,12 +323,19 @@ class FusedPReLU(torch.autograd.Function):
         return out, grad_weight
 
 
-def _chunk_bounds(graph: torch.Tensor) -> np.ndarray:
+def _graph_arrays(graph: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """The CSR kernels' graph arguments: row-chunk bounds of about equal nonzeros, then the
+    graph's row pointers, column indices and values."""
     indptr = graph.crow_indices().numpy()
     chunks = min(SPMM_CHUNKS, max(1, graph.shape[0]))
     bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], chunks + 1), side="left")
     bounds[0], bounds[-1] = 0, graph.shape[0]
-    return bounds.astype(np.int64)
+    return (
+        bounds.astype(np.int64),
+        indptr,
+        graph.col_indices().numpy(),
+        graph.values().detach().numpy(),
+    )
 
 
 def _fast_path(graph: torch.Tensor, *dense: torch.Tensor) -> bool:
@@ -360,10 +360,7 @@ def csr_dense_mm_add(
         return out if scale == 1.0 else out * scale
     out = torch.empty(graph.shape[0], x.shape[1], dtype=torch.float32)
     _csr_dense_add_kernel(
-        _chunk_bounds(graph),
-        graph.crow_indices().numpy(),
-        graph.col_indices().numpy(),
-        graph.values().detach().numpy(),
+        *_graph_arrays(graph),
         x.detach().contiguous().numpy(),
         base.detach().contiguous().numpy(),
         np.float32(scale),
