@@ -1,58 +1,21 @@
 """The fused CPU kernels behind a REARM training step give what the plain torch expressions give:
-the LightGCN layer mean (Horner form, both passes), the in-place row softmax and the InfoNCE built
-on it, and the single-slope PReLU (values and both gradients, also on column slices)."""
+the in-place row softmax and the InfoNCE built on it, and the single-slope PReLU (values and both
+gradients, also on column slices). The graph kernels are in tests/test_graph_product.py."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from rearm.graphs.sparse import to_torch
-from rearm.models.kernels import HAVE_NUMBA, csr_dense_mm_add, softmax_rows_
-from rearm.models.layers import PReLU, info_nce, propagate, sparse_transpose
+from rearm.models.kernels import HAVE_NUMBA, softmax_rows_
+from rearm.models.layers import PReLU, info_nce
 
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
-
-
-def random_csr(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
-    matrix = sp.random(rows, cols, density=density, format="csr", dtype=np.float32, rng=seed)
-    return to_torch(matrix)
-
-
-def test_csr_dense_mm_add_is_scaled_base_plus_product():
-    graph = random_csr(70, 50, 0.1, 0)
-    x, base = torch.randn(50, 6), torch.randn(70, 6)
-    want = 0.25 * (base + torch.sparse.mm(graph, x))
-    torch.testing.assert_close(csr_dense_mm_add(graph, x, base, 0.25), want)
-    # a column slice as x, and the torch fallback for another layout
-    wide = torch.randn(50, 9)
-    torch.testing.assert_close(
-        csr_dense_mm_add(graph, wide[:, 2:8], base),
-        base + torch.sparse.mm(graph, wide[:, 2:8].contiguous()),
-    )
-    coordinate = graph.to_sparse_coo()
-    torch.testing.assert_close(csr_dense_mm_add(coordinate, x, base, 0.25), want)
-
-
-@pytest.mark.parametrize("layers", [1, 2, 3])
-def test_layer_mean_values_and_gradients_equal_the_dense_sum(layers):
-    graph = random_csr(90, 90, 0.06, layers)
-    dense = graph.to_dense().double()
-    start = torch.randn(90, 5, generator=torch.Generator().manual_seed(layers))
-    weights = torch.randn(90, 5, generator=torch.Generator().manual_seed(7))
-    x = start.clone().requires_grad_()
-    out = propagate(graph, x, layers, combine="mean", transpose=sparse_transpose(graph))
-    (out * weights).sum().backward()
-    powers = [torch.linalg.matrix_power(dense, k) for k in range(layers + 1)]
-    want = sum(p @ start.double() for p in powers) / (layers + 1)
-    want_grad = sum(p.T @ weights.double() for p in powers) / (layers + 1)
-    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad.double(), want_grad, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # evaluation takes the same form without autograd
-        torch.testing.assert_close(propagate(graph, x, layers).double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (7, 7), (40, 65), (300, 300)])
@@ -113,10 +76,6 @@ def test_fused_prelu_equals_torch_prelu_on_slices_with_both_gradients():
 def test_importing_rearm_turns_on_huge_pages_for_torch_unless_told_otherwise(given, expected):
     """rearm sets THP_MEM_ALLOC_ENABLE=1 (torch's allocator then madvises its large CPU
     blocks) when the environment does not say otherwise."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     if given is not None:
         env["THP_MEM_ALLOC_ENABLE"] = given
