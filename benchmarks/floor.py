@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -164,13 +165,40 @@ def steps_per_epoch(dataset, batch_size: int) -> int:
     return max(1, math.ceil(dataset.train.nnz / batch_size))
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum, else a one-line usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def run(main: Callable[[], int]) -> int:
+    """main(), with rearm's own errors (a missing data set, a bad --set) as one line and exit
+    code 2 instead of a traceback."""
+    from rearm.errors import RearmError
+
+    try:
+        return main()
+    except RearmError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        return 2
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="data/baby", help="data set (default data/baby)")
     parser.add_argument("--preset", default="baby", help="REARM preset (default baby)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per component")
+    parser.add_argument("--threads", type=at_least(1), help="CPU threads (default: all cores)")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed steps per component")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic data (a test)")
 
 
@@ -195,4 +223,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -32,7 +32,7 @@ import rearm  # noqa: F401  (before torch allocates: rearm/__init__.py sets its 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from floor import add_arguments, build, measure_floor, steps_per_epoch  # noqa: E402
+from floor import add_arguments, at_least, build, measure_floor, run, steps_per_epoch  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -218,19 +218,25 @@ def profile(model, step, batches, train_epoch_s: float, steps_in_epoch: int, top
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--steps", type=int, help="time only the first N steps, scaled to an epoch")
-    parser.add_argument("--epochs", type=int, default=1, help="timed epochs (median)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--profile", type=int, default=0, metavar="K", help="profile K steps")
     parser.add_argument(
-        "--top", type=int, default=0, metavar="N", help="with --profile: the N largest other ops"
+        "--steps", type=at_least(1), help="time only the first N steps, scaled to an epoch"
+    )
+    parser.add_argument("--epochs", type=at_least(1), default=1, help="timed epochs (median)")
+    parser.add_argument("--warmup", type=at_least(0), default=5, help="untimed steps first")
+    parser.add_argument(
+        "--profile", type=at_least(0), default=0, metavar="K", help="profile K steps"
+    )
+    parser.add_argument(
+        "--top",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="with --profile: the N largest other ops",
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     parser.add_argument("--ready", help="(concurrent runs) create this file once built ...")
     parser.add_argument("--go", help="... then wait for this file before timing")
     args = parser.parse_args(argv)
-    if args.top < 0 or args.profile < 0:
-        parser.error("--profile and --top must be >= 0")
     if args.threads is not None:
         from rearm.training.threads import set_threads
 
@@ -282,4 +288,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -197,3 +197,31 @@ def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
     assert report["epoch"]["eager"]["train_epoch_s"] > 0
     assert [row["finished"] for row in report["concurrency"].values()] == [1, 2]
     assert set(report["precision"]) >= {"fp32", "bf16"}
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        (
+            "benchmarks/training.py",
+            ["--smoke", "--steps", "0"],
+            "--steps: expected an integer >= 1",
+        ),
+        ("benchmarks/training.py", ["--smoke", "--top", "-1"], "--top: expected an integer >= 0"),
+        ("benchmarks/floor.py", ["--smoke", "--repeats", "0"], "--repeats: expected an integer"),
+        ("benchmarks/floor.py", ["--data", "no/such/data"], "no/such/data: no such file"),
+    ],
+)
+def test_benchmark_scripts_refuse_bad_values_in_one_line(script, args, message):
+    result = subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error:" in last and message in last
