@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rearm.data.synth import make_synthetic
 from rearm.models.layers import ScalarTokenAttention
 from rearm.models.rearm import REARM
 
@@ -513,3 +514,32 @@ def test_divergence_guard_skips_tables_because_their_projection_catches_them(bad
     handle.remove()
     assert not torch.isfinite(model.item_tables[0].grad).all()
     assert not torch.isfinite(projection.weight.grad).all()
+
+
+def test_rearm_training_is_deterministic_on_two_threads():
+    """The same seed gives the same gradients bit for bit with two threads: the item side's
+    meta-network rows are gathered with index_select, whose backward accumulates repeated items
+    in a fixed order (indexing's accumulate did not)."""
+    from rearm.models import get_model
+    from rearm.training.threads import set_threads
+
+    before = torch.get_num_threads()
+    set_threads(2)
+    try:
+        dataset = make_synthetic(num_users=300, num_items=200, seed=3)
+        torch.manual_seed(0)
+        model = get_model("rearm").from_dataset(dataset).train()
+        users = torch.randint(0, 300, (512,))
+        items = torch.randint(0, 200, (1024,))  # many repeated items
+
+        def gradients():
+            torch.manual_seed(1)
+            model.zero_grad()
+            sum(model.loss(users, items[:512], items[512:]).values()).backward()
+            return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+        first = gradients()
+        for _ in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(first, gradients()))
+    finally:
+        set_threads(before)

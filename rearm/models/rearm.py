@@ -259,7 +259,9 @@ class REARM(Recommender):
         if meta is not None:
             w1, w1_mean, w2, w2_mean = meta
             if index is not None:
-                w1, w2 = w1[index], w2[index]
+                # index_select, not w1[index]: its backward adds repeated rows in a fixed
+                # order, so two threads give the same gradients run after run
+                w1, w2 = w1.index_select(0, index), w2.index_select(0, index)
             shared = network.transform(ids, w1, w1_mean, w2, w2_mean)
             blocks.append(self.activation(shared) + ids)
         return torch.cat(blocks, dim=1)
