@@ -41,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", help="run directory to write (required)")
     train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the interrupted or killed run in RUN_DIR from its resume.pt, exactly "
+        "where it was (its own configuration and data; only --device, --threads and --quiet "
+        "may be given with it)",
+    )
+    train.add_argument(
         "--help-config",
         action="store_true",
         help="list the keys of --model (defaults, domains, meanings) and exit",
@@ -95,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
 
         print_config_keys(args.model or "rearm", args.preset)
         return 0
+    if args.resume is not None:
+        return _resume(args)
     if not args.out:
         raise RunError("--out: required (the run directory to write)")
     if args.threads is not None:
@@ -112,6 +121,41 @@ def _train(args: argparse.Namespace) -> int:
     results = train_run(
         config, args.out, force=args.force, progress=Progress(enabled=not args.quiet)
     )
+    print(json.dumps({k: results[k] for k in ("model", "best_epoch", "epochs_run", "test")}))
+    return 0
+
+
+# flags of `rearm train` that a resumed run takes from its own config.yaml instead
+_FIXED_BY_THE_RUN = {
+    "model": "--model",
+    "data": "--data",
+    "preset": "--preset",
+    "config_file": "--config",
+    "overrides": "--set",
+    "seed": "--seed",
+    "epochs": "--epochs",
+    "patience": "--patience",
+    "protocol": "--protocol",
+    "out": "--out",
+    "force": "--force",
+    "no_memory_check": "--no-memory-check",
+}
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from rearm.experiments.run import resume_run
+    from rearm.training.threads import set_threads
+    from rearm.training.trainer import Progress
+
+    given = [flag for name, flag in _FIXED_BY_THE_RUN.items() if getattr(args, name)]
+    if given:
+        raise RunError(
+            f"--resume: {', '.join(given)} cannot be changed when resuming (the run continues "
+            "with its own config.yaml); only --device, --threads and --quiet can be given"
+        )
+    if args.threads is not None:
+        set_threads(args.threads)
+    results = resume_run(args.resume, device=args.device, progress=Progress(enabled=not args.quiet))
     print(json.dumps({k: results[k] for k in ("model", "best_epoch", "epochs_run", "test")}))
     return 0
 

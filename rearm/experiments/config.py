@@ -43,6 +43,12 @@ TRAINING_TYPES: dict[str, Any] = {
         "refuse, before building anything, a run whose planned peak memory (rearm plan) exceeds "
         "the memory available",
     ],
+    "resume_every_s": Annotated[
+        float,
+        Range(ge=0),
+        "write RUN_DIR/resume.pt (what `rearm train --resume` continues from) at most this often, "
+        "in seconds of training, and when a stop signal ends training; 0: never",
+    ],
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 2000,
@@ -55,6 +61,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",
     "cuda_graph": True,
     "memory_check": True,
+    "resume_every_s": 1800.0,
 }
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "model": Annotated[Literal[MODEL_NAMES], "model to train"],

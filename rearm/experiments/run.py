@@ -8,6 +8,9 @@ RUN_DIR/
   results.json     best epoch, valid / test metrics at the best epoch, timing, peak memory;
                    written last, so its presence marks a complete run
   checkpoint.pt    state_dict of the best epoch so far (written when validation improves)
+  resume.pt        everything needed to continue training exactly where it was (written every
+                   training.resume_every_s seconds and on SIGINT / SIGTERM; removed when the run
+                   completes); `rearm train --resume RUN_DIR` continues from it
   model/           the saved bundle (rearm.experiments.bundle)
   status.json      running / complete / interrupted / failed / diverged (experiments.status)
 Every file is written atomically; results.json is the last file of a complete run, then its
@@ -17,6 +20,7 @@ status.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import resource
@@ -24,6 +28,7 @@ import shutil
 import statistics
 import sys
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +41,10 @@ from rearm.experiments.bundle import load_bundle, save_bundle
 from rearm.experiments.config import RunConfig, dump_yaml
 from rearm.experiments.status import (
     LOCK_FILE,
+    RESUME_FILE,
     RUN_ARTIFACTS,
     read_status,
+    resume_hint,
     run_lock,
     write_status,
 )
@@ -167,86 +174,211 @@ def train_run(
     RUN_DIR/status.json follows the run (see rearm.experiments.status). SIGINT and SIGTERM stop
     after the current batch and still write everything from the best epoch. A failure to write
     (read-only folder, full disk) removes what this run wrote and raises RunError."""
-    from rearm.data.cache import GraphCache
-    from rearm.evaluation.protocol import get_protocol
-
     started = time.perf_counter()
     progress = progress or Progress()
     device = resolve_device(config.device)  # before anything is written
-    protocol = get_protocol(config.protocol)
     out = Path(out)
     check_run_dir(out, force)
     with stop_signals():
-        if dataset is None:
-            progress.line(f"loading data from {config.data or 'the synthetic default'}")
-            dataset = load_run_data(config.data)
-        # the record names the data set `data` names; `modalities` says which of its tables ran
-        source_fingerprint = dataset.fingerprint()
-        if config.modalities is not None:
-            dataset = dataset.select_modalities(config.modalities)
-        if config.training["memory_check"]:
-            from rearm.planning import memory_refusal
-
-            refusal = memory_refusal(config, dataset)
-            if refusal is not None:
-                raise RunError(refusal)
-        seed_everything(config.seed)
-        model_class = get_model(config.model)
-        progress.line(
-            f"building {config.model} ({dataset.num_users} users, {dataset.num_items} items, "
-            f"modalities: {', '.join(dataset.features) or 'none'})"
-        )
-        graph_start = time.perf_counter()
-        with _memory_errors(f"building {config.model}"):
-            model = model_class.from_dataset(
-                dataset,
-                graph_cache=GraphCache(report=progress.line),
-                seed=config.seed,
-                progress=progress.line,
-                **config.hyperparameters,
-            ).to(device)
-        graphs_s = time.perf_counter() - graph_start
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        progress.line(
-            f"graphs and model ready in {graphs_s:.1f}s; {trainable:,} trainable parameters"
-        )
+        dataset, model, graphs_s, fingerprint = _build(config, dataset, device, progress)
         created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             with run_lock(out):
                 prepare_run_dir(out, force, progress)
                 return _train_and_write(
+                    config, out, dataset, model, device, progress, started, graphs_s, fingerprint
+                )
+        except OSError as error:
+            _discard_run(out, created)
+            raise _write_error(out, error, "nothing of this run was kept") from None
+
+
+def resume_run(
+    run_dir: str | os.PathLike,
+    *,
+    dataset: Dataset | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Continue the run in RUN_DIR from its resume.pt, exactly where it was: same configuration
+    (config.yaml), same data (checked against protocol.json's fingerprint), and the model,
+    optimiser, random states and position in the epoch of the saved state. The run then ends
+    as if it had never stopped: the same parameters, metrics.jsonl, best epoch and results.
+    `device` moves it to another device (cpu / cuda[:N]; the numbers then differ in rounding).
+
+    Resumable: an interrupted run, one whose process died (status running, lock free) and a
+    failed one, each with resume.pt; RunError otherwise, before anything is built."""
+    from rearm.experiments.config import resolve_config
+
+    started = time.perf_counter()
+    progress = progress or Progress()
+    out = Path(run_dir)
+    _check_resumable(out)
+    config = resolve_config(config_file=str(out / "config.yaml"))
+    if device is not None:
+        config = replace(config, device=device)
+    device_ = resolve_device(config.device)
+    recorded = _recorded_fingerprint(out)
+    with stop_signals():
+        if dataset is None:
+            progress.line(f"loading data from {config.data or 'the synthetic default'}")
+            dataset = load_run_data(config.data)
+        actual = dataset.fingerprint()
+        if actual != recorded:
+            raise RunError(
+                f"--resume {out}: the data set {config.data or '(synthetic default)'} is not the "
+                f"one the run started on (fingerprint {actual[:12]}, protocol.json says "
+                f"{recorded[:12]})"
+            )
+        dataset, model, graphs_s, fingerprint = _build(config, dataset, device_, progress)
+        with run_lock(out):
+            _check_resumable(out, holding_lock=True)
+            state = _load_resume_state(out, device_)
+            where = f"epoch {state['epoch']}" + (
+                f", step {state['batch']}/{state['num_batches']}" if state["epoch_start"] else ""
+            )
+            progress.line(f"resuming {out} at {where}")
+            for name in ("results.json", "per_user.npz", "model"):  # the stopped run's
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            try:
+                return _train_and_write(
                     config,
                     out,
                     dataset,
                     model,
-                    protocol,
-                    device,
+                    device_,
                     progress,
                     started,
                     graphs_s,
-                    source_fingerprint,
+                    fingerprint,
+                    resume=state,
                 )
-        except OSError as error:
-            _discard_run(out, created)
-            where = f" {error.filename}" if getattr(error, "filename", None) else ""
-            raise RunError(
-                f"--out {out}: cannot write{where} ({error.strerror or error}); "
-                "nothing of this run was kept"
-            ) from None
+            except OSError as error:
+                raise _write_error(out, error, f"its {RESUME_FILE} was kept") from None
+
+
+def _build(config: RunConfig, dataset: Dataset | None, device, progress: Progress):
+    """Load the data (unless given), check the memory plan, seed and build the model; returns
+    (dataset with the run's modalities, model on `device`, seconds, data fingerprint)."""
+    from rearm.data.cache import GraphCache
+
+    if dataset is None:
+        progress.line(f"loading data from {config.data or 'the synthetic default'}")
+        dataset = load_run_data(config.data)
+    # the record names the data set `data` names; `modalities` says which of its tables ran
+    fingerprint = dataset.fingerprint()
+    if config.modalities is not None:
+        dataset = dataset.select_modalities(config.modalities)
+    if config.training["memory_check"]:
+        from rearm.planning import memory_refusal
+
+        refusal = memory_refusal(config, dataset)
+        if refusal is not None:
+            raise RunError(refusal)
+    seed_everything(config.seed)
+    model_class = get_model(config.model)
+    progress.line(
+        f"building {config.model} ({dataset.num_users} users, {dataset.num_items} items, "
+        f"modalities: {', '.join(dataset.features) or 'none'})"
+    )
+    graph_start = time.perf_counter()
+    with _memory_errors(f"building {config.model}"):
+        model = model_class.from_dataset(
+            dataset,
+            graph_cache=GraphCache(report=progress.line),
+            seed=config.seed,
+            progress=progress.line,
+            **config.hyperparameters,
+        ).to(device)
+    graphs_s = time.perf_counter() - graph_start
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    progress.line(f"graphs and model ready in {graphs_s:.1f}s; {trainable:,} trainable parameters")
+    return dataset, model, graphs_s, fingerprint
+
+
+def _write_error(out: Path, error: OSError, kept: str) -> RunError:
+    where = f" {error.filename}" if getattr(error, "filename", None) else ""
+    return RunError(f"--out {out}: cannot write{where} ({error.strerror or error}); {kept}")
+
+
+def _check_resumable(out: Path, holding_lock: bool = False) -> dict:
+    """The status record of a run that can be resumed; RunError saying why not otherwise."""
+    if not out.is_dir():
+        raise RunError(f"--resume {out}: no such run directory")
+    record = read_status(out)
+    if record is None:
+        raise RunError(f"--resume {out}: holds no rearm run")
+    if holding_lock and record["status"] == "running":
+        record["alive"] = False
+    state = record["status"]
+    if state == "running" and record.get("alive", True):
+        raise RunError(f"--resume {out}: the run is still training ({describe_status(record)})")
+    if state in ("complete", "diverged"):
+        raise RunError(f"--resume {out}: the run is {describe_status(record)}; nothing to resume")
+    if not (out / RESUME_FILE).is_file():
+        raise RunError(
+            f"--resume {out}: the run is {describe_status(record)} but wrote no {RESUME_FILE} "
+            "(it writes one every training.resume_every_s seconds of training and when a stop "
+            "signal ends training; 0 turns that off)"
+        )
+    if not (out / "config.yaml").is_file() or not (out / "protocol.json").is_file():
+        raise RunError(f"--resume {out}: config.yaml or protocol.json is missing")
+    path = out / RESUME_FILE
+    try:  # a truncated or foreign file fails here, before anything is built
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl: not written by torch.save")
+    except (OSError, zipfile.BadZipFile) as error:
+        raise RunError(f"--resume {path}: not a readable resume state ({error})") from None
+    return record
+
+
+def _recorded_fingerprint(out: Path) -> str:
+    path = out / "protocol.json"
+    try:
+        return json.loads(path.read_text())["data"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"--resume {path}: cannot read the data fingerprint ({error})") from None
+
+
+def _load_resume_state(out: Path, device) -> dict:
+    path = out / RESUME_FILE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (a damaged or foreign file, whatever torch raises)
+        raise RunError(
+            f"--resume {path}: not a readable resume state ({_first_line(error)})"
+        ) from None
+    if not isinstance(state, dict) or "run" not in state or "epoch" not in state:
+        raise RunError(f"--resume {path}: not a rearm resume state")
+    return state
 
 
 def _train_and_write(
-    config, out, dataset, model, protocol, device, progress, started, graphs_s, fingerprint
+    config, out, dataset, model, device, progress, started, graphs_s, fingerprint, resume=None
 ):
-    """The part of train_run that writes RUN_DIR, status transitions included."""
-    write_status(out, "running", model=config.model)
+    """The part of train_run / resume_run that writes RUN_DIR, status transitions included."""
+    from rearm.evaluation.protocol import get_protocol
+
+    protocol = get_protocol(config.protocol)
+    runs = resume["run"] if resume is not None else {"processes": []}
+    this = {"started": _now(), "from": _position(resume) if resume is not None else None}
+    runs["processes"].append(this)
+    write_status(out, "running", model=config.model, **({"resumed": this} if resume else {}))
     try:
-        with atomic_open(out / "config.yaml") as handle:
-            handle.write(dump_yaml(config))
-        write_json(out / "protocol.json", protocol_record(protocol, dataset, fingerprint))
+        if resume is None:
+            with atomic_open(out / "config.yaml") as handle:
+                handle.write(dump_yaml(config))
+            write_json(out / "protocol.json", protocol_record(protocol, dataset, fingerprint))
         with deferred_stop():
-            result = _fit_run(config, out, dataset, model, protocol, progress)
+            result = _fit_run(
+                config, out, dataset, model, protocol, progress, resume, runs, this, started
+            )
             if result.epochs_run == 0:
                 state = "diverged" if result.diverged else "interrupted"
                 write_status(
@@ -259,12 +391,25 @@ def _train_and_write(
                 )
                 if result.diverged:
                     raise DivergenceError(result.diverged)
+                hint = resume_hint(out)
                 raise RunError(
-                    f"--out {out}: interrupted before the first epoch finished; nothing saved"
+                    f"--out {out}: interrupted before the first epoch finished; "
+                    + (f"no model saved{hint}" if hint else "nothing saved")
                 )
             results = _write_results(config, out, dataset, model, protocol, device, result)
             results["timing"]["graphs_s"] = round(graphs_s, 3)
             results["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+            this["seconds"] = round(time.perf_counter() - started, 3)
+            this["peak_rss_mb"] = results["peak_rss_mb"]
+            results["timing"]["resume_saves"] = result.resume_saves
+            results["timing"]["resume_save_s"] = round(result.resume_save_s, 3)
+            if len(runs["processes"]) > 1:
+                # every process of the run: when it started, where it started from, its seconds
+                # until its last resume state (the work after that was done again) and its peak
+                results["processes"] = runs["processes"]
+                results["peak_rss_mb"] = max(
+                    entry.get("peak_rss_mb", 0.0) for entry in runs["processes"]
+                )
             results["trainable_parameters"] = sum(
                 p.numel() for p in model.parameters() if p.requires_grad
             )
@@ -292,7 +437,23 @@ def _train_and_write(
     return results
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _position(state: dict) -> dict:
+    """Where a resume state stands: {epoch, step, steps} (step 0: before the epoch began)."""
+    inside = state["epoch_start"] is not None
+    return {
+        "epoch": int(state["epoch"]),
+        "step": int(state["batch"]) if inside else 0,
+        "steps": int(state["num_batches"]) if inside else None,
+    }
+
+
 def _write_final_status(out: Path, result) -> None:
+    if not result.interrupted:  # complete or diverged: nothing left to resume
+        (out / RESUME_FILE).unlink(missing_ok=True)
     if result.diverged:
         write_status(out, "diverged", where=result.diverged, best_epoch=result.best_epoch)
     elif result.interrupted:
@@ -307,8 +468,10 @@ def _write_final_status(out: Path, result) -> None:
         write_status(out, "complete", best_epoch=result.best_epoch)
 
 
-def _fit_run(config, out, dataset, model, protocol, progress):
-    history: list[EpochRecord] = []
+def _fit_run(config, out, dataset, model, protocol, progress, resume, runs, this, started):
+    history: list[EpochRecord] = (
+        [EpochRecord(**record) for record in resume["history"]] if resume is not None else []
+    )
 
     def on_epoch_end(record: EpochRecord) -> None:
         history.append(record)
@@ -319,6 +482,19 @@ def _fit_run(config, out, dataset, model, protocol, progress):
     def on_improve(record: EpochRecord, current) -> None:
         with atomic_open(out / "checkpoint.pt", "wb") as handle:
             torch.save({"epoch": record.epoch, "state_dict": current.state_dict()}, handle)
+
+    def on_resume_state(state: dict) -> None:
+        begin = time.perf_counter()
+        this["seconds"] = round(begin - started, 3)
+        this["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        state["run"] = runs
+        with atomic_open(out / RESUME_FILE, "wb") as handle:
+            torch.save(state, handle)
+        where = _position(state)
+        at = f"step {where['step']}/{where['steps']}" if where["steps"] else "its start"
+        progress.line(
+            f"resume state saved (epoch {where['epoch']}, {at}) in {time.perf_counter() - begin:.1f}s"
+        )
 
     training = config.training
     with _memory_errors(f"training {config.model}"):
@@ -339,6 +515,9 @@ def _fit_run(config, out, dataset, model, protocol, progress):
             on_epoch_end=on_epoch_end,
             on_improve=on_improve,
             progress=progress,
+            resume_every_s=training["resume_every_s"],
+            on_resume_state=on_resume_state,
+            resume=resume,
         )
 
 

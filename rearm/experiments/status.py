@@ -10,6 +10,10 @@ transition):
 While a run trains, its process holds an exclusive lock on RUN_DIR/.lock; a directory whose
 status says `running` but whose lock is free was left by a process that died (kill -9, power
 loss), and later commands report it as such.
+
+A run that is interrupted, killed or failed continues with `rearm train --resume RUN_DIR` (see
+rearm.experiments.run.resume_run) when it wrote RUN_DIR/resume.pt (training key resume_every_s);
+a complete or diverged run has none.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rearm.io import write_json
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
+RESUME_FILE = "resume.pt"
 STATES = ("running", "complete", "interrupted", "failed", "diverged")
 # files a run writes; anything else in RUN_DIR is not ours
 RUN_ARTIFACTS = (
@@ -35,6 +40,7 @@ RUN_ARTIFACTS = (
     "metrics.jsonl",
     "results.json",
     "checkpoint.pt",
+    RESUME_FILE,
     "per_user.npz",
     STATUS_FILE,
     LOCK_FILE,
@@ -101,6 +107,14 @@ def describe(record: dict) -> str:
     return state
 
 
+def resume_hint(run_dir: str | os.PathLike) -> str:
+    """How to continue the run when RUN_DIR holds a resume state, else ''."""
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return ""
+    return f"; `rearm train --resume {run_dir}` continues it from {RESUME_FILE}"
+
+
 def require_model(run_dir: str | os.PathLike) -> dict | None:
     """For `evaluate` / `recommend`: RunError naming the state of a run that has no usable
     model; returns the status record (None if RUN_DIR holds no run)."""
@@ -110,7 +124,9 @@ def require_model(run_dir: str | os.PathLike) -> dict | None:
     has_model = (Path(run_dir) / "model" / "bundle.json").is_file()
     if record["status"] in ("interrupted", "diverged") and has_model:
         return record  # a model from the best epoch before the stop exists
-    raise RunError(f"{run_dir}: run is {describe(record)}; it has no saved model")
+    raise RunError(
+        f"{run_dir}: run is {describe(record)}; it has no saved model{resume_hint(run_dir)}"
+    )
 
 
 @contextlib.contextmanager

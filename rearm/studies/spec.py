@@ -436,9 +436,14 @@ def check_preset(spec: StudySpec, where: str) -> None:
 
 
 def cell_key(config: Mapping, fingerprint: str) -> str:
-    """SHA-256 of the resolved configuration (without the device and the data path, which do not
-    change what is computed) and the data set's content fingerprint."""
+    """SHA-256 of the resolved configuration (without the device, the data path and how often
+    resume states are saved, which do not change what is computed) and the data set's content
+    fingerprint."""
     record = {k: v for k, v in dict(config).items() if k not in ("device", "data")}
+    if isinstance(record.get("training"), Mapping):
+        record["training"] = {
+            k: v for k, v in record["training"].items() if k != "resume_every_s"
+        }
     text = json.dumps({"config": record, "data": fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -1,6 +1,7 @@
 """A model-agnostic training loop: seeds, epochs of shuffled (user, positive, negative) triples,
-early stopping on the validation metric, the best state kept, graceful Ctrl-C. It knows nothing
-about REARM: models follow the contract in rearm.models.base; per-epoch model work goes through
+early stopping on the validation metric, the best state kept, graceful Ctrl-C, and resume states
+from which an interrupted or killed run continues exactly where it was. It knows nothing about
+REARM: models follow the contract in rearm.models.base; per-epoch model work goes through
 `on_epoch_start`, per-epoch bookkeeping through the callbacks."""
 
 from __future__ import annotations
@@ -185,6 +186,18 @@ class TrainStep:
             self.totals.zero_()
         self.steps = 0
 
+    def running_state(self) -> dict:
+        """The running totals of the epoch so far (for a resume state)."""
+        totals = None if self.totals is None else self.totals.detach().cpu().clone()
+        return {"names": self.names, "totals": totals, "steps": self.steps}
+
+    def load_running_state(self, state: dict) -> None:
+        """Continue the running totals saved by `running_state` (after `reset()`)."""
+        if state["totals"] is not None:
+            self.names = list(state["names"])
+            self.totals = state["totals"].to(self.device).clone()
+        self.steps = int(state["steps"])
+
     def mean_terms(self) -> dict[str, float]:
         """{term: mean over the steps since reset()}: one device synchronisation."""
         if self.totals is None or self.steps == 0:
@@ -221,6 +234,8 @@ class FitResult:
     stopped_early: bool = False
     cuda_graph: bool = False  # whether the training step ran as a captured CUDA graph
     diverged: dict | None = None  # {epoch, step, term} of the first non-finite value
+    resume_saves: int = 0  # resume states handed to on_resume_state
+    resume_save_s: float = 0.0  # seconds that took (left out of the epochs' train_s)
 
 
 class Progress:
@@ -280,6 +295,39 @@ def evaluate_split(
     return metrics
 
 
+RESUME_FORMAT = 1
+
+
+def _rng_state(generator: torch.Generator, rng: np.random.Generator, device: torch.device) -> dict:
+    """Every random state training draws from: torch's (and the device's), the loop's own
+    generator and numpy Generator, python's and numpy's global ones (only plain values and tensors,
+    so that a resume state loads with torch.load(weights_only=True))."""
+    legacy = np.random.get_state(legacy=False)  # noqa: NPY002  (seed_everything seeds it too)
+    legacy["state"] = dict(legacy["state"], key=legacy["state"]["key"].tolist())
+    return {
+        "torch": torch.get_rng_state(),
+        "device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "generator": generator.get_state(),
+        "numpy": rng.bit_generator.state,
+        "python": random.getstate(),
+        "numpy_global": legacy,
+    }
+
+
+def _set_rng_state(
+    state: dict, generator: torch.Generator, rng: np.random.Generator, device: torch.device
+) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["device"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["device"], device)
+    generator.set_state(state["generator"])
+    rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+    legacy = dict(state["numpy_global"])
+    legacy["state"] = dict(legacy["state"], key=np.asarray(legacy["state"]["key"], np.uint32))
+    np.random.set_state(legacy)  # noqa: NPY002
+
+
 def fit(
     model: Recommender,
     dataset: Dataset,
@@ -299,6 +347,9 @@ def fit(
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     on_improve: Callable[[EpochRecord, Recommender], None] | None = None,
     progress: Progress | None = None,
+    resume_every_s: float = 0.0,
+    on_resume_state: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train `model` with AdamW on BPR-style triples; keep the best validation state.
 
@@ -312,6 +363,16 @@ def fit(
     returns normally with `interrupted=True` (so do SIGINT / SIGTERM inside
     `rearm.training.guards.stop_signals()`); a non-finite loss term or gradient stops at once and
     returns with `diverged` = {epoch, step, term}.
+
+    Resume states: with `resume_every_s` > 0, `on_resume_state(state)` receives, between two
+    steps, at most every `resume_every_s` seconds, and once more when a stop signal ends
+    training, a dict of tensors and plain values holding everything the rest of training
+    depends on: the model's and the optimiser's state, every random state, the position in the
+    epoch (the epoch's triples are drawn again from the random states at its start), the running
+    losses, the history and the best state so far. `fit(..., resume=state)` on a model built the
+    same way from the same data continues from there and ends with exactly the parameters,
+    history and best epoch of a run that was never stopped. `on_epoch_start` must therefore
+    depend on the epoch and the generator only.
     """
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
@@ -334,10 +395,78 @@ def fit(
     interrupted = stopped_early = False
     evaluations_since_best = 0
     diverged = None
-    epoch = 0
+    epoch = first_epoch = 1
+    if resume is not None:
+        if resume.get("format") != RESUME_FORMAT:
+            raise ConfigError(
+                f"resume state: format {resume.get('format')!r} is not {RESUME_FORMAT}"
+            )
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        history = [EpochRecord(**record) for record in resume["history"]]
+        best = resume["best"]
+        best_value, best_epoch, best_valid = best["value"], best["epoch"], best["valid"]
+        best_state = best["state"]
+        evaluations_since_best, stopped_early = best["evaluations_since_best"], best["stopped"]
+        first_epoch = resume["epoch"]
+        if resume["epoch_start"] is None:
+            _set_rng_state(resume["rng"], generator, rng, device)
+    # where the loop is: ("in", epoch, batches done, rng states at the epoch's start, seconds
+    # trained in it), ("between", next epoch), or None inside a step (no consistent state)
+    position: tuple | None = None
+    last_saved = time.perf_counter()
+
+    def resume_state() -> dict:
+        guard.flush()
+        inside = position[0] == "in"
+        return {
+            "format": RESUME_FORMAT,
+            "epoch": position[1],
+            "batch": position[2] if inside else 0,
+            "num_batches": num_batches if inside else None,
+            "epoch_start": position[3] if inside else None,
+            "train_s": time.perf_counter() - position[4] if inside else 0.0,
+            "rng": _rng_state(generator, rng, device),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "running": step.running_state() if inside else None,
+            "history": [vars(record) for record in history],
+            "best": {
+                "value": best_value,
+                "epoch": best_epoch,
+                "valid": best_valid,
+                "state": best_state,
+                "evaluations_since_best": evaluations_since_best,
+                "stopped": stopped_early,
+            },
+        }
+
+    saves = {"count": 0, "seconds": 0.0}
+
+    def save_resume_state(now: bool = False) -> float:
+        """Hand a resume state to on_resume_state when one is due; the seconds it took."""
+        nonlocal last_saved
+        if on_resume_state is None or resume_every_s <= 0 or position is None:
+            return 0.0
+        begin = time.perf_counter()
+        if not now and begin - last_saved < resume_every_s:
+            return 0.0
+        on_resume_state(resume_state())
+        last_saved = time.perf_counter()
+        saves["count"] += 1
+        saves["seconds"] += last_saved - begin
+        return last_saved - begin
+
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
+            if stopped_early:
+                break
             model.train()
+            first_batch, trained_s = 0, 0.0
+            resuming = resume is not None and epoch == first_epoch and resume["epoch_start"]
+            if resuming:
+                _set_rng_state(resume["epoch_start"], generator, rng, device)
+            epoch_start = _rng_state(generator, rng, device)
             model.on_epoch_start(epoch, generator)
             start = time.perf_counter()
             users, pos, neg = (
@@ -345,14 +474,29 @@ def fit(
             )
             num_batches = max(1, math.ceil(len(users) / batch_size))
             step.reset()
-            for batch in range(num_batches):
+            if resuming:
+                if resume["num_batches"] != num_batches:
+                    raise ConfigError(
+                        f"resume state: epoch {epoch} had {resume['num_batches']} batches, "
+                        f"this data and batch size give {num_batches}"
+                    )
+                _set_rng_state(resume["rng"], generator, rng, device)
+                step.load_running_state(resume["running"])
+                first_batch, trained_s = resume["batch"], resume["train_s"]
+                progress.line(f"resuming epoch {epoch} at step {first_batch}/{num_batches}")
+            start = time.perf_counter() - trained_s
+            position = ("in", epoch, first_batch, epoch_start, start)
+            for batch in range(first_batch, num_batches):
+                position = None
                 part = slice(batch * batch_size, (batch + 1) * batch_size)
                 step(users[part], pos[part], neg[part])
                 guard.after_step(epoch, batch + 1, step.names, step.last_values)
+                position = ("in", epoch, batch + 1, epoch_start, start)
                 if progress.due():  # the only read of the losses inside an epoch
                     running = sum(step.mean_terms().values())
                     progress.update(f"epoch {epoch} [{batch + 1}/{num_batches}] loss {running:.4f}")
                 stop_point()
+                start += save_resume_state()  # an epoch's train_s leaves the saving out
             guard.end_epoch()
             losses = step.mean_terms()
             train_s = time.perf_counter() - start
@@ -365,6 +509,7 @@ def fit(
             )
             eval_s = time.perf_counter() - start
             record = EpochRecord(epoch, losses, valid, train_s, eval_s)
+            position = None
             history.append(record)
             improved = evaluate and valid[selection_metric] > best_value
             if improved:
@@ -373,6 +518,8 @@ def fit(
                 evaluations_since_best = 0
             elif evaluate:
                 evaluations_since_best += 1
+            stopped_early = evaluations_since_best >= patience and evaluate
+            position = ("between", epoch + 1)
             summary = (
                 f" | valid {selection_metric}={valid[selection_metric]:.4f}"
                 f" NDCG@20={valid.get('NDCG@20', float('nan')):.4f}"
@@ -390,8 +537,7 @@ def fit(
                 on_epoch_end(record)
             if improved and on_improve is not None:
                 on_improve(record, model)
-            if evaluations_since_best >= patience and evaluate:
-                stopped_early = True
+            if stopped_early:
                 unit = "epochs" if eval_every == 1 else f"validations (every {eval_every} epochs)"
                 progress.line(f"early stop: no {selection_metric} gain in {patience} {unit}")
                 break
@@ -400,6 +546,11 @@ def fit(
         progress.line(
             f"interrupted ({stop or 'SIGINT'}) in epoch {epoch}; keeping the best epoch ({best_epoch})"
         )
+        try:
+            save_resume_state(now=True)
+        except DivergenceError as error:  # found by the check the state flushes first
+            diverged = error.where
+            progress.line(f"{error}; stopped, keeping the best epoch ({best_epoch})")
     except DivergenceError as error:
         diverged = error.where
         progress.line(f"{error}; stopped, keeping the best epoch ({best_epoch})")
@@ -419,4 +570,6 @@ def fit(
         stopped_early=stopped_early,
         cuda_graph=step.graph is not None,
         diverged=diverged,
+        resume_saves=saves["count"],
+        resume_save_s=saves["seconds"],
     )
