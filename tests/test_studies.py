@@ -406,3 +406,57 @@ def test_default_jobs_follow_the_measured_gpu_concurrency():
     assert default_jobs(["cuda:0"]) == GPU_JOBS_PER_DEVICE == 4
     assert default_jobs(["cuda:0", "cuda:1"]) == 8
     assert default_jobs(["auto"]) == (4 if torch.cuda.is_available() else on_cpu)
+
+
+def test_a_stopped_cell_with_a_resume_state_continues_where_it_was(study, tmp_path, monkeypatch):
+    """A cell whose run was killed after writing resume.pt is continued (`rearm train --resume`),
+    not started again, and ends with the results of the cell that was never stopped."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+
+    from rearm.experiments.config import resolve_config
+    from rearm.experiments.run import train_run
+    from rearm.training import trainer
+    from rearm.training.threads import set_threads
+    from rearm.training.trainer import Progress
+
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    cell = json.loads((copy / "study.json").read_text())["cells"][0]
+    run = copy / cell["dir"]
+    straight = json.loads((run / "results.json").read_text())
+    config = resolve_config(config_file=str(run / "config.yaml"))
+    config = replace(config, training={**config.training, "resume_every_s": 1e-6})
+
+    class Killed(BaseException):
+        pass
+
+    original, calls = trainer.TrainStep.__call__, {"n": 0}
+
+    def dying(self, *batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+        return original(self, *batch)
+
+    monkeypatch.setattr(trainer.TrainStep, "__call__", dying)
+    before = torch.get_num_threads()
+    set_threads(1)  # as the study's workers (--threads 1), so that the numbers can match
+    try:
+        with pytest.raises(Killed):
+            train_run(config, run, force=True, progress=Progress(enabled=False))
+    finally:
+        set_threads(before)
+    monkeypatch.undo()
+    assert (run / "resume.pt").is_file() and not (run / "results.json").exists()
+
+    result = _study(["run", _spec(tmp_path, Path(config.data)), "--out", copy, "--threads", "1"])
+    assert result.returncode == 0, result.stderr
+    assert "4 runs, 3 complete, 1 to run" in result.stderr
+    assert "resuming" in (copy / "logs" / f"{cell['dir'].split('/')[-1]}.log").read_text()
+    resumed = json.loads((run / "results.json").read_text())
+    assert len(resumed["processes"]) == 2 and not (run / "resume.pt").exists()
+    for key in ("best_epoch", "epochs_run", "valid", "test"):
+        assert resumed[key] == straight[key], key

@@ -9,7 +9,9 @@ STUDY_DIR/
 
 A cell is complete when its run directory has results.json (the last file a run writes), the run
 was not interrupted, status.json (if present) says complete, and the configuration and data
-fingerprint recorded in the run hash to the cell's key. Anything else is rerun from scratch.
+fingerprint recorded in the run hash to the cell's key. A cell whose run stopped (interrupted,
+killed, failed) with a resume.pt and the cell's key continues from it (`rearm train --resume`);
+anything else is rerun from scratch.
 """
 
 from __future__ import annotations
@@ -47,13 +49,37 @@ def cell_complete(run_dir: str | os.PathLike, key: str) -> bool:
             "complete",
         ):
             return False
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        fingerprint = json.loads((run_dir / "protocol.json").read_text())["data"]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
     if results.get("interrupted"):
         return False
-    return cell_key(config, fingerprint) == key
+    return _run_key(run_dir) == key
+
+
+def cell_resumable(run_dir: str | os.PathLike, key: str) -> bool:
+    """Whether `run_dir` holds a stopped run (interrupted, killed or failed) with a resume state
+    whose configuration and data hash to `key`."""
+    from rearm.experiments.status import RESUME_FILE, read_status
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RESUME_FILE).is_file():
+        return False
+    record = read_status(run_dir)
+    if record is None or record["status"] in ("complete", "diverged"):
+        return False
+    if record["status"] == "running" and record.get("alive", True):
+        return False
+    return _run_key(run_dir) == key
+
+
+def _run_key(run_dir: Path) -> str | None:
+    """The cell key of the configuration and data fingerprint a run recorded (None: unreadable)."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        fingerprint = json.loads((run_dir / "protocol.json").read_text())["data"]["fingerprint"]
+        return cell_key(config, fingerprint)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None
 
 
 def data_fingerprints(
@@ -275,7 +301,7 @@ def run_study(
     progress = _ProgressLine(len(tasks), jobs, line)
 
     def on_start(task: Task) -> None:
-        if task.run_dir.exists():
+        if task.run_dir.exists() and not cell_resumable(task.run_dir, task.key):
             shutil.rmtree(task.run_dir)  # an incomplete or outdated run: start it afresh
         record.set(task.key, status="running", started=time.time())
         record.save()

@@ -1,8 +1,10 @@
 """One study cell in its own process: `python -m rearm.studies.worker PAYLOAD_JSON`.
 
 The payload is {"config": RunConfig.to_dict(), "out": run dir, "threads": n}. The cell trains
-through `rearm.experiments.run.train_run`, the same function as `rearm train`. Exit codes: 0 the
-run is complete, 2 a rearm error (one line on stderr), 3 interrupted before completion.
+through `rearm.experiments.run.train_run`, the same function as `rearm train`, or continues
+through `resume_run` (`rearm train --resume`) when the run directory holds a stopped run with a
+resume state (the study engine has checked that it is this cell's). Exit codes: 0 the run is
+complete, 2 a rearm error (one line on stderr), 3 interrupted before completion.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ def run_cell(payload: dict) -> dict:
     import torch
 
     from rearm.experiments.config import RunConfig
-    from rearm.experiments.run import train_run
+    from rearm.experiments.run import resume_run, train_run
+    from rearm.experiments.status import RESUME_FILE
     from rearm.training.trainer import Progress
 
     torch.set_num_threads(payload["threads"])
     config = RunConfig(**payload["config"])
     progress = Progress(stream=sys.stderr, every_s=60.0, enabled=True)
+    if os.path.isfile(os.path.join(payload["out"], RESUME_FILE)):
+        return resume_run(payload["out"], device=config.device, progress=progress)
     return train_run(config, payload["out"], force=True, progress=progress)
 
 
