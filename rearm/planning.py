@@ -186,6 +186,7 @@ class Plan:
     epoch: dict | None = None
     activations: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    disk: dict[str, int] = field(default_factory=dict)  # files a run writes, in bytes
 
     @property
     def peak_phase(self) -> str:
@@ -266,6 +267,7 @@ class Plan:
                 "dominant": self.dominant()[0],
             },
             "activations_bytes": self.activations,
+            "disk_bytes": self.disk,
             "steps_per_epoch": self.steps_per_epoch,
             "epoch": self.epoch,
             "notes": self.notes,
@@ -603,6 +605,12 @@ def plan(
             "batch": 4 * batch_floats,
             "in_flight": 4 * transient,
         },
+        disk={
+            # model and AdamW state, and the best state once an epoch was validated; an atomic
+            # write holds the old file and the new one for a moment
+            "resume_state": 4 * parameters + 8 * trainable + 4 * parameters,
+            "model_bundle": 4 * parameters + 4 * (U + I) * (len(shape.modalities) + 1) * d,
+        },
     )
     if calibration is not None:
         plan_.epoch = _epoch_estimate(shape, h, by_name, trainable, steps, batch, calibration)
@@ -856,6 +864,11 @@ def format_plan(result: Plan) -> str:
         lines.append(f"peak of {phase}: {_gb(result.phase_bytes(phase))}{marker}")
         for name, size in sorted(parts.items(), key=lambda item: -item[1]):
             lines.append(f"  {name:<52} {_mb(size):>10}")
+    if result.disk:
+        lines.append(
+            f"disk: resume.pt about {_gb(result.disk['resume_state'])} (twice that while it is "
+            f"replaced), model/ about {_gb(result.disk['model_bundle'])}"
+        )
     if result.epoch is not None:
         epoch = result.epoch
         lines.append(

@@ -107,6 +107,34 @@ def test_parameters_and_tables_equal_the_model(small):
         assert kept <= result.components["graphs_kept_for_training"] <= 1.5 * kept
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_planned_resume_state_size_matches_the_file(small, tmp_path, frozen):
+    """The plan's resume.pt size against a real one written after a validated epoch (model,
+    AdamW state and the best state in it)."""
+    from rearm.evaluation.protocol import get_protocol
+    from rearm.training.trainer import Progress, fit
+
+    keys = {**KEYS, "train_feature_tables": not frozen}
+    result = planning.plan(planning.data_shape(small), keys)
+    model = get_model("rearm").from_dataset(small, **keys)
+    path = tmp_path / "resume.pt"
+
+    def save(state):
+        if state["history"] and not path.exists():  # after a validation: with the best state
+            torch.save(state, path)
+
+    fit(
+        model, small, get_protocol("standard"), epochs=2, patience=5, batch_size=1024,
+        learning_rate=1e-3, weight_decay=0.0, seed=0, progress=Progress(enabled=False),
+        resume_every_s=1e-9, on_resume_state=save,
+    )  # fmt: skip
+    size = path.stat().st_size
+    # torch.save adds about 0.5 kB per tensor (zip entry, pickle) and the random states: about
+    # 120 kB here, next to nothing at the sizes the plan is for
+    assert abs(result.disk["resume_state"] - size) <= 0.05 * size + 150_000
+    assert result.disk["resume_state"] <= size
+
+
 @pytest.mark.parametrize(
     "extra",
     [{}, {"no_meta": True}, {"no_attention": True}, {"embedding_dim": 8, "rank": 3}],
