@@ -75,25 +75,31 @@ def _assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(per_user[0][name], per_user[1][name])
 
 
+STEPS = 17  # per epoch: 517 train interactions in batches of 32
+
+
 @pytest.mark.parametrize(
-    ("model", "extra"),
+    ("model", "kill_at"),
     [
-        ("rearm", []),  # attention dropout draws from torch's generator at every step
-        ("freedom", []),  # draws a pruned graph at each epoch's start from the loop's generator
-        ("lightgcn", []),
+        ("rearm", 20),  # attention dropout draws from torch's generator at every step
+        # killed in epoch 2's first step: the last state is epoch 1 before its validation, and
+        # checkpoint.pt already holds epoch 1
+        ("rearm", STEPS + 1),
+        ("freedom", 20),  # draws a pruned graph at each epoch's start from the loop's generator
+        ("lightgcn", 20),
     ],
 )
 def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(
-    data, tmp_path, run_cli, monkeypatch, model, extra
+    data, tmp_path, run_cli, monkeypatch, model, kill_at
 ):
-    common = ["--model", model, "--data", str(data), "--epochs", "3", *FAST, *extra]
+    common = ["--model", model, "--data", str(data), "--epochs", "3", *FAST]
     code, _, err = run_cli("train", *common, "--out", tmp_path / "straight")
     assert code == 0, err
-    # a resume state after every step; killed in the middle of epoch 2
+    # a resume state after every step; killed in epoch 2
     saving = ["--set", "resume_every_s=0.000001"]
     steps = json.loads((tmp_path / "straight" / "results.json").read_text())["epochs_run"]
     assert steps == 3
-    _kill_at_step(monkeypatch, 20)
+    _kill_at_step(monkeypatch, kill_at)
     with pytest.raises(Killed):
         run_cli("train", *common, *saving, "--out", tmp_path / "killed")
     monkeypatch.undo()
@@ -109,7 +115,8 @@ def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(
     results = json.loads((killed / "results.json").read_text())
     processes = results["processes"]
     assert len(processes) == 2 and processes[0]["from"] is None
-    assert processes[1]["from"]["epoch"] == 2 and processes[1]["from"]["step"] >= 1
+    epoch, done = divmod(kill_at - 2, STEPS)  # the step before kill_at wrote the last state
+    assert processes[1]["from"] == {"epoch": epoch + 1, "step": done + 1, "steps": STEPS}
     assert results["timing"]["resume_saves"] > 0
 
 

@@ -174,9 +174,12 @@ def train_run(
     RUN_DIR/status.json follows the run (see rearm.experiments.status). SIGINT and SIGTERM stop
     after the current batch and still write everything from the best epoch. A failure to write
     (read-only folder, full disk) removes what this run wrote and raises RunError."""
+    from rearm.evaluation.protocol import get_protocol
+
     started = time.perf_counter()
     progress = progress or Progress()
     device = resolve_device(config.device)  # before anything is written
+    get_protocol(config.protocol)
     out = Path(out)
     check_run_dir(out, force)
     with stop_signals():
@@ -239,6 +242,7 @@ def resume_run(
                 f", step {state['batch']}/{state['num_batches']}" if state["epoch_start"] else ""
             )
             progress.line(f"resuming {out} at {where}")
+            _restore_checkpoint(out, state["best"])
             for name in ("results.json", "per_user.npz", "model"):  # the stopped run's
                 path = out / name
                 if path.is_dir():
@@ -344,6 +348,21 @@ def _recorded_fingerprint(out: Path) -> str:
         return json.loads(path.read_text())["data"]["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"--resume {path}: cannot read the data fingerprint ({error})") from None
+
+
+def _restore_checkpoint(out: Path, best: dict) -> None:
+    """Make checkpoint.pt the resume state's best epoch again: the stopped process may have
+    written a later one after its last resume state, or stopped before writing its own."""
+    if best["state"] is None:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        return
+    try:
+        epoch = torch.load(out / "checkpoint.pt", mmap=True, weights_only=True)["epoch"]
+    except Exception:  # noqa: BLE001  (missing or damaged: written again below)
+        epoch = None
+    if epoch != best["epoch"]:
+        with atomic_open(out / "checkpoint.pt", "wb") as handle:
+            torch.save({"epoch": best["epoch"], "state_dict": best["state"]}, handle)
 
 
 def _load_resume_state(out: Path, device) -> dict:
