@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from rearm.data.synth import make_synthetic, write_rearm_layout
+from rearm.data.synth import make_synthetic
 from rearm.errors import ConfigError, RunError
 from rearm.experiments.config import TRAINING_TYPES, config_keys, resolve_config
 from rearm.models import MODEL_NAMES, get_model
@@ -26,17 +26,6 @@ from rearm.models.base import Range, domain_of
 
 FAST = ["--quiet", "--set", "learning_rate=0.01", "--set", "batch_size=128"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    dataset = make_synthetic(
-        num_users=80, num_items=40, modalities={"image": 8, "text": 4}, seed=4,
-        interactions_per_user=8,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("reliability") / "data"
-    write_rearm_layout(dataset, folder)
-    return folder
 
 
 def _one_error_line(err: str) -> str:

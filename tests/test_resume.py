@@ -18,22 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from rearm.data.synth import make_synthetic, write_rearm_layout
+from rearm.data.synth import make_synthetic
 from rearm.training import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--quiet", "--set", "learning_rate=0.01", "--set", "batch_size=32"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    dataset = make_synthetic(
-        num_users=80, num_items=40, modalities={"image": 8, "text": 4}, seed=4,
-        interactions_per_user=8,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("resume") / "data"
-    write_rearm_layout(dataset, folder)
-    return folder
 
 
 class Killed(BaseException):
@@ -90,9 +79,9 @@ STEPS = 17  # per epoch: 517 train interactions in batches of 32
     ],
 )
 def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(
-    data, tmp_path, run_cli, monkeypatch, model, kill_at
+    small_data, tmp_path, run_cli, monkeypatch, model, kill_at
 ):
-    common = ["--model", model, "--data", str(data), "--epochs", "3", *FAST]
+    common = ["--model", model, "--data", str(small_data), "--epochs", "3", *FAST]
     code, _, err = run_cli("train", *common, "--out", tmp_path / "straight")
     assert code == 0, err
     # a resume state after every step; killed in epoch 2
@@ -120,8 +109,8 @@ def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(
     assert results["timing"]["resume_saves"] > 0
 
 
-def test_killed_twice_and_resumed_twice(data, tmp_path, run_cli, monkeypatch):
-    common = ["--model", "rearm", "--data", str(data), "--epochs", "3", *FAST]
+def test_killed_twice_and_resumed_twice(small_data, tmp_path, run_cli, monkeypatch):
+    common = ["--model", "rearm", "--data", str(small_data), "--epochs", "3", *FAST]
     assert run_cli("train", *common, "--out", tmp_path / "straight")[0] == 0
     killed = tmp_path / "killed"
     _kill_at_step(monkeypatch, 9)
@@ -180,7 +169,7 @@ def test_a_stop_between_epochs_resumes_exactly_and_keeps_early_stopping():
     assert after.stopped_early and after.epochs_run == 2  # no epoch after the early stop
 
 
-def _start(data: Path, out: Path, cache: Path, *argv: str) -> subprocess.Popen:
+def _start(cache: Path, *argv: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), REARM_CACHE_DIR=str(cache))
     return subprocess.Popen(
         [sys.executable, "-m", "rearm.cli", "train", *argv], env=env,
@@ -188,15 +177,15 @@ def _start(data: Path, out: Path, cache: Path, *argv: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(data, tmp_path, run_cli):
+def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(small_data, tmp_path, run_cli):
     """A real process stopped by SIGTERM at whatever step it is in writes a resume state (the
     periodic ones are never due here) and still exits 0; resumed, it finishes exactly as the
     same configuration trained without a stop."""
     epochs = "400"
-    common = ["--model", "mf", "--data", str(data), "--epochs", epochs, "--patience", epochs,
+    common = ["--model", "mf", "--data", str(small_data), "--epochs", epochs, "--patience", epochs,
               *FAST, "--set", "resume_every_s=1000000000"]  # fmt: skip
     out = tmp_path / "stopped"
-    process = _start(data, out, tmp_path / "cache", *common, "--out", str(out))
+    process = _start(tmp_path / "cache", *common, "--out", str(out))
     deadline = time.time() + 120
     while time.time() < deadline:
         metrics = out / "metrics.jsonl"
@@ -220,11 +209,11 @@ def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(data, tmp_path
 
 
 @pytest.fixture
-def killed_run(data, tmp_path, run_cli, monkeypatch) -> Path:
+def killed_run(small_data, tmp_path, run_cli, monkeypatch) -> Path:
     out = tmp_path / "killed"
     _kill_at_step(monkeypatch, 5)
     with pytest.raises(Killed):
-        run_cli("train", "--model", "mf", "--data", str(data), *FAST,
+        run_cli("train", "--model", "mf", "--data", str(small_data), *FAST,
                 "--set", "resume_every_s=0.000001", "--out", out)  # fmt: skip
     monkeypatch.undo()
     return out
@@ -238,7 +227,7 @@ def _error(run_cli, *argv) -> str:
     return lines[0]
 
 
-def test_resume_refuses_what_it_cannot_continue(data, killed_run, tmp_path, run_cli):
+def test_resume_refuses_what_it_cannot_continue(small_data, killed_run, tmp_path, run_cli):
     # flags the run's own config.yaml fixes
     line = _error(run_cli, "--resume", killed_run, "--set", "learning_rate=0.1", "--epochs", "9")
     assert "--set, --epochs cannot be changed when resuming" in line
@@ -249,7 +238,9 @@ def test_resume_refuses_what_it_cannot_continue(data, killed_run, tmp_path, run_
 
     # a complete run has nothing to resume (and keeps no resume.pt)
     done = tmp_path / "done"
-    assert run_cli("train", "--model", "mf", "--data", str(data), *FAST, "--out", done)[0] == 0
+    assert (
+        run_cli("train", "--model", "mf", "--data", str(small_data), *FAST, "--out", done)[0] == 0
+    )
     assert "nothing to resume" in _error(run_cli, "--resume", done)
 
     # a run that saved none
@@ -280,12 +271,12 @@ def test_resume_refuses_what_it_cannot_continue(data, killed_run, tmp_path, run_
     assert (damaged / "resume.pt").is_file()  # refused, nothing removed
 
 
-def test_resume_refuses_other_data(data, killed_run, tmp_path, run_cli):
+def test_resume_refuses_other_data(small_data, killed_run, tmp_path, run_cli):
     import shutil
 
     changed = tmp_path / "changed"
-    shutil.copytree(data, changed)
-    config = (killed_run / "config.yaml").read_text().replace(str(data), str(changed))
+    shutil.copytree(small_data, changed)
+    config = (killed_run / "config.yaml").read_text().replace(str(small_data), str(changed))
     (killed_run / "config.yaml").write_text(config)
     features = np.load(changed / "image_feat.npy")
     features[0, 0] += 1.0  # one item's image features changed
@@ -300,11 +291,15 @@ def test_evaluate_on_a_killed_run_says_how_to_resume(killed_run, run_cli):
     assert code == 2 and f"rearm train --resume {killed_run}" in err
 
 
-def test_resume_every_s_is_a_checked_training_key_outside_study_cell_keys(data, run_cli, tmp_path):
+def test_resume_every_s_is_a_checked_training_key_outside_study_cell_keys(
+    small_data, run_cli, tmp_path
+):
     from rearm.experiments.config import resolve_config
     from rearm.studies.spec import cell_key
 
-    line = _error(run_cli, "--data", str(data), "--set", "resume_every_s=-1", "--out", tmp_path)
+    line = _error(
+        run_cli, "--data", str(small_data), "--set", "resume_every_s=-1", "--out", tmp_path
+    )
     assert "resume_every_s" in line
     often = resolve_config(model="mf", overrides=["resume_every_s=5"]).to_dict()
     never = resolve_config(model="mf", overrides=["resume_every_s=0"]).to_dict()
