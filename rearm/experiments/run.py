@@ -237,7 +237,7 @@ def resume_run(
         dataset, model, graphs_s, fingerprint = _build(config, dataset, device_, progress)
         with run_lock(out):
             _check_resumable(out, holding_lock=True)
-            state = _load_resume_state(out, device_)
+            state = _load_resume_state(out)
             where = f"epoch {state['epoch']}" + (
                 f", step {state['batch']}/{state['num_batches']}" if state["epoch_start"] else ""
             )
@@ -365,10 +365,12 @@ def _restore_checkpoint(out: Path, best: dict) -> None:
             torch.save({"epoch": best["epoch"], "state_dict": best["state"]}, handle)
 
 
-def _load_resume_state(out: Path, device) -> dict:
+def _load_resume_state(out: Path) -> dict:
+    """The saved state, on the CPU: random states must be CPU tensors, and fit() copies the
+    model's and the optimiser's state onto their parameters' device itself."""
     path = out / RESUME_FILE
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (a damaged or foreign file, whatever torch raises)
         raise RunError(
             f"--resume {path}: not a readable resume state ({_first_line(error)})"
