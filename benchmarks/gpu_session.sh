@@ -3,6 +3,7 @@
 #
 #   OUT=out bash benchmarks/gpu_session.sh speed            # throughput (issue 10), ~5 min
 #   OUT=out bash benchmarks/gpu_session.sh studies          # Baby ablation study + baselines, ~5 min
+#   OUT=out bash benchmarks/gpu_session.sh resume           # SIGKILL + --resume on the GPU, ~3 min
 #
 # The machine gets only the repository: Baby with stand-in features is rebuilt there from the
 # public split and the proxy-feature tool, carried in .devcarry/ (proxy_features.py, baby/*.npy),
@@ -11,7 +12,7 @@
 set -u
 : "${OUT:?set OUT to a folder for the results}"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-phase=${1:?phase: speed or studies}
+phase=${1:?phase: speed, studies or resume}
 work=$(mktemp -d)/$phase
 mkdir -p "$work"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -34,6 +35,16 @@ case $phase in
     wait
     tail -n 40 "$work/ablation.log"
     cat "$work/baselines/summary.json" 2>/dev/null || tail -n 20 "$work/baselines.log"
+    ;;
+  resume)
+    # how far a killed and resumed run lands from a straight one, next to how far two straight
+    # runs land from each other on this GPU (atomics); exact on a CPU
+    for model in rearm freedom; do
+      timeout -s INT 170 python3 benchmarks/resume_check.py --device cuda --model $model \
+        --data data/baby --preset baby --epochs 3 --work "$work/$model" \
+        > "$work/$model.json" 2> "$work/$model.err"
+      echo "$model: exit $?"; cat "$work/$model.json"; tail -n 3 "$work/$model.err"
+    done
     ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac

@@ -305,3 +305,25 @@ def test_resume_every_s_is_a_checked_training_key_outside_study_cell_keys(
     never = resolve_config(model="mf", overrides=["resume_every_s=0"]).to_dict()
     other = resolve_config(model="mf", overrides=["learning_rate=0.5"]).to_dict()
     assert cell_key(often, "f") == cell_key(never, "f") != cell_key(other, "f")
+
+
+def test_resume_check_script_kills_with_sigkill_and_finds_the_resumed_run_exact(tmp_path):
+    """benchmarks/resume_check.py: a real SIGKILL between two resume states, then
+    `rearm train --resume`; on the CPU the resumed run must equal the straight one exactly."""
+    recipe = "synthetic:modalities=image:16,text:8;users=300;items=150"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/resume_check.py", "--data", recipe, "--epochs", "3",
+         "--work", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = json.loads(result.stdout)
+    assert record["exact"] and record["killed_after"].startswith("resume state saved (epoch 2,")
+    for pair in ("straight_vs_straight", "straight_vs_resumed"):
+        assert record[pair]["max_parameter_difference"] == 0.0
+        assert record[pair]["losses_equal"]
+    status = json.loads((tmp_path / "resumed" / "status.json").read_text())
+    assert status["status"] == "complete"
+    processes = json.loads((tmp_path / "resumed" / "results.json").read_text())["processes"]
+    assert processes[1]["from"]["epoch"] == 2

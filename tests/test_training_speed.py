@@ -210,6 +210,13 @@ def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
         ("benchmarks/training.py", ["--smoke", "--top", "-1"], "--top: expected an integer >= 0"),
         ("benchmarks/floor.py", ["--smoke", "--repeats", "0"], "--repeats: expected an integer"),
         ("benchmarks/floor.py", ["--data", "no/such/data"], "no/such/data: no such file"),
+        ("benchmarks/resume_check.py", ["--epochs", "1"], "--epochs: expected an integer >= 2"),
+        (
+            "benchmarks/resume_check.py",
+            ["--epochs", "2", "--kill-epoch", "3"],
+            "--kill-epoch 3 is after the last epoch (2)",
+        ),
+        ("benchmarks/resume_check.py", ["--data", "no/such/data"], "no/such/data"),
     ],
 )
 def test_benchmark_scripts_refuse_bad_values_in_one_line(script, args, message):
