@@ -237,11 +237,7 @@ def resume_run(
         dataset, model, graphs_s, fingerprint = _build(config, dataset, device_, progress)
         with run_lock(out):
             _check_resumable(out, holding_lock=True)
-            state = _load_resume_state(out)
-            where = f"epoch {state['epoch']}" + (
-                f", step {state['batch']}/{state['num_batches']}" if state["epoch_start"] else ""
-            )
-            progress.line(f"resuming {out} at {where}")
+            state = _load_resume_state(out)  # fit says where it resumes
             _restore_checkpoint(out, state["best"])
             for name in ("results.json", "per_user.npz", "model"):  # the stopped run's
                 path = out / name

@@ -411,6 +411,7 @@ def fit(
         first_epoch = resume["epoch"]
         if resume["epoch_start"] is None:
             _set_rng_state(resume["rng"], generator, rng, device)
+            progress.line(f"resuming at the start of epoch {first_epoch}")
     # where the loop is: ("in", epoch, batches done, rng states at the epoch's start, seconds
     # trained in it), ("between", next epoch), or None inside a step (no consistent state)
     position: tuple | None = None
