@@ -455,7 +455,9 @@ def test_a_stopped_cell_with_a_resume_state_continues_where_it_was(study, tmp_pa
     result = _study(["run", _spec(tmp_path, Path(config.data)), "--out", copy, "--threads", "1"])
     assert result.returncode == 0, result.stderr
     assert "4 runs, 3 complete, 1 to run" in result.stderr
-    assert "resuming" in (copy / "logs" / f"{cell['dir'].split('/')[-1]}.log").read_text()
+    log = (copy / "logs" / f"{cell['dir'].split('/')[-1]}.log").read_text()
+    assert "resuming" in log
+    assert log.count("building mf") == 2  # appended to the log the cell had, not replacing it
     resumed = json.loads((run / "results.json").read_text())
     assert len(resumed["processes"]) == 2 and not (run / "resume.pt").exists()
     for key in ("best_epoch", "epochs_run", "valid", "test"):

@@ -33,7 +33,7 @@ import yaml
 from rearm.errors import ConfigError, RunError
 from rearm.io import write_json
 from rearm.studies.spec import Cell, Row, StudySpec, cell_key, expand_cells
-from rearm.studies.worker import thread_environment
+from rearm.studies.worker import resuming, thread_environment
 
 STUDY_FILE = "study.json"
 STOP_GRACE_S = 10.0
@@ -430,8 +430,9 @@ def run_local(
                 task = pending.pop(0)
                 on_start(task)
                 task.log.parent.mkdir(parents=True, exist_ok=True)
-                log = open(task.log, "w")  # noqa: SIM115  (closed when the process ends)
                 payload = _payload(task, threads, devices[slot % len(devices)])
+                mode = "a" if resuming(payload) else "w"
+                log = open(task.log, mode)  # noqa: SIM115  (closed when the process ends)
                 process = subprocess.Popen(
                     [sys.executable, "-m", "rearm.studies.worker", json.dumps(payload)],
                     stdout=log,

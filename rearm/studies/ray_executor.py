@@ -27,9 +27,12 @@ def _ray_cell(payload: dict, log: str) -> int:
     import contextlib
 
     from rearm.errors import RearmError
-    from rearm.studies.worker import run_cell
+    from rearm.studies.worker import resuming, run_cell
 
-    with open(log, "w") as handle, contextlib.redirect_stderr(handle):
+    with (
+        open(log, "a" if resuming(payload) else "w") as handle,
+        contextlib.redirect_stderr(handle),
+    ):
         try:
             results = run_cell(payload)
         except RearmError as error:

@@ -26,6 +26,14 @@ def thread_environment(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+def resuming(payload: dict) -> bool:
+    """Whether the cell continues a stopped run (its run directory kept a resume state): its
+    log is then appended to, not replaced."""
+    from rearm.experiments.status import RESUME_FILE
+
+    return os.path.isfile(os.path.join(payload["out"], RESUME_FILE))
+
+
 def run_cell(payload: dict) -> dict:
     """Train one cell in this process; returns its results. Sets the thread variables first
     (they must precede the first import of numba / the BLAS libraries to take effect)."""
@@ -34,13 +42,12 @@ def run_cell(payload: dict) -> dict:
 
     from rearm.experiments.config import RunConfig
     from rearm.experiments.run import resume_run, train_run
-    from rearm.experiments.status import RESUME_FILE
     from rearm.training.trainer import Progress
 
     torch.set_num_threads(payload["threads"])
     config = RunConfig(**payload["config"])
     progress = Progress(stream=sys.stderr, every_s=60.0, enabled=True)
-    if os.path.isfile(os.path.join(payload["out"], RESUME_FILE)):
+    if resuming(payload):
         return resume_run(payload["out"], device=config.device, progress=progress)
     return train_run(config, payload["out"], force=True, progress=progress)
 
