@@ -231,6 +231,7 @@ def test_resume_refuses_what_it_cannot_continue(small_data, killed_run, tmp_path
     # flags the run's own config.yaml fixes
     line = _error(run_cli, "--resume", killed_run, "--set", "learning_rate=0.1", "--epochs", "9")
     assert "--set, --epochs cannot be changed when resuming" in line
+    assert "--seed cannot be changed" in _error(run_cli, "--resume", killed_run, "--seed", "0")
     assert "--resume" in _error(run_cli, "--resume", tmp_path / "nowhere")
     assert "no such run directory" in _error(run_cli, "--resume", tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()

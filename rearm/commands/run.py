@@ -147,7 +147,13 @@ def _resume(args: argparse.Namespace) -> int:
     from rearm.training.threads import set_threads
     from rearm.training.trainer import Progress
 
-    given = [flag for name, flag in _FIXED_BY_THE_RUN.items() if getattr(args, name)]
+    values = {flag: getattr(args, name) for name, flag in _FIXED_BY_THE_RUN.items()}
+    # unset: None, False (a switch) or [] (--set); `is`, so that --seed 0 counts as given
+    given = [
+        flag
+        for flag, value in values.items()
+        if value is not None and value is not False and value != []
+    ]
     if given:
         raise RunError(
             f"--resume: {', '.join(given)} cannot be changed when resuming (the run continues "
