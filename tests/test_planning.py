@@ -132,7 +132,6 @@ def test_planned_resume_state_size_matches_the_file(small, tmp_path, frozen):
     # torch.save adds about 0.5 kB per tensor (zip entry, pickle) and the random states: about
     # 120 kB here, next to nothing at the sizes the plan is for
     assert abs(result.disk["resume_state"] - size) <= 0.05 * size + 150_000
-    assert result.disk["resume_state"] <= size
 
 
 @pytest.mark.parametrize(
