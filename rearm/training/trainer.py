@@ -371,7 +371,8 @@ def fit(
     epoch (the epoch's triples are drawn again from the random states at its start), the running
     losses, the history and the best state so far. `fit(..., resume=state)` on a model built the
     same way from the same data continues from there and ends with exactly the parameters,
-    history and best epoch of a run that was never stopped. `on_epoch_start` must therefore
+    history and best epoch of a run that was never stopped (it releases the state's model and
+    optimiser tensors once loaded, so a state resumes once). `on_epoch_start` must therefore
     depend on the epoch and the generator only.
     """
     if eval_every < 1:
@@ -403,6 +404,9 @@ def fit(
             )
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        # loaded: drop the state's copies, or they stay alive beside the model for the whole run
+        # (2.3 GB at 10x Clothing)
+        resume["model"] = resume["optimizer"] = None
         history = [EpochRecord(**record) for record in resume["history"]]
         best = resume["best"]
         best_value, best_epoch, best_valid = best["value"], best["epoch"], best["valid"]
