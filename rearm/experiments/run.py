@@ -234,7 +234,7 @@ def resume_run(
                 f"one the run started on (fingerprint {actual[:12]}, protocol.json says "
                 f"{recorded[:12]})"
             )
-        dataset, model, graphs_s, fingerprint = _build(config, dataset, device_, progress)
+        dataset, model, graphs_s, fingerprint = _build(config, dataset, device_, progress, actual)
         with run_lock(out):
             _check_resumable(out, holding_lock=True)
             state = _load_resume_state(out)  # fit says where it resumes
@@ -262,16 +262,23 @@ def resume_run(
                 raise _write_error(out, error, f"its {RESUME_FILE} was kept") from None
 
 
-def _build(config: RunConfig, dataset: Dataset | None, device, progress: Progress):
+def _build(
+    config: RunConfig,
+    dataset: Dataset | None,
+    device,
+    progress: Progress,
+    fingerprint: str | None = None,
+):
     """Load the data (unless given), check the memory plan, seed and build the model; returns
-    (dataset with the run's modalities, model on `device`, seconds, data fingerprint)."""
+    (dataset with the run's modalities, model on `device`, seconds, data fingerprint).
+    `fingerprint`: the given dataset's, when the caller has computed it already."""
     from rearm.data.cache import GraphCache
 
     if dataset is None:
         progress.line(f"loading data from {config.data or 'the synthetic default'}")
         dataset = load_run_data(config.data)
     # the record names the data set `data` names; `modalities` says which of its tables ran
-    fingerprint = dataset.fingerprint()
+    fingerprint = fingerprint or dataset.fingerprint()
     if config.modalities is not None:
         dataset = dataset.select_modalities(config.modalities)
     if config.training["memory_check"]:
