@@ -11,11 +11,11 @@
 # the training log and start / end lines go to runs/<tag>.<n>.{err,status}, n counting processes.
 # The data set is made first if data/scale10x is missing (about 2 minutes).
 set -u
-kind=${1:?kind: frozen or faithful}
+kind=${1:-}
 case $kind in
   frozen) tag=scale10x-frozen; extra=(--set train_feature_tables=false) ;;
   faithful) tag=scale10x-faithful; extra=() ;;
-  *) echo "kind must be frozen or faithful, got $kind" >&2; exit 2 ;;
+  *) echo "scale10x_epoch.sh: kind must be frozen or faithful, got ${kind:-nothing}" >&2; exit 2 ;;
 esac
 if [ ! -f data/scale10x/train.npy ]; then
   python -c "from rearm.data.synth import make_synthetic, write_rearm_layout; write_rearm_layout(make_synthetic(400_000, 230_000, {'image': 512, 'text': 384}, interactions_per_user=7), 'data/scale10x')"
