@@ -572,6 +572,8 @@ def plan(
         },
     }
     steps = max(1, math.ceil(T / batch))
+    if int(t["max_steps_per_epoch"]) > 0:
+        steps = min(steps, int(t["max_steps_per_epoch"]))
     plan_ = Plan(
         source=shape.source,
         model=model,

@@ -49,6 +49,12 @@ TRAINING_TYPES: dict[str, Any] = {
         "write RUN_DIR/resume.pt (what `rearm train --resume` continues from) at most this often, "
         "in seconds of training, and when a stop signal ends training; 0: never",
     ],
+    "max_steps_per_epoch": Annotated[
+        int,
+        Range(ge=0),
+        "train each epoch on its first N batches only, then validate as usual (a short run that "
+        "goes through every phase of a long one at full size); 0: the whole epoch",
+    ],
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 2000,
@@ -62,6 +68,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "cuda_graph": True,
     "memory_check": True,
     "resume_every_s": 1800.0,
+    "max_steps_per_epoch": 0,
 }
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "model": Annotated[Literal[MODEL_NAMES], "model to train"],

@@ -542,6 +542,7 @@ def _fit_run(config, out, dataset, model, protocol, progress, resume, runs, this
             resume_every_s=training["resume_every_s"],
             on_resume_state=on_resume_state,
             resume=resume,
+            max_steps_per_epoch=training["max_steps_per_epoch"],
         )
 
 
@@ -578,6 +579,12 @@ def _write_results(config, out, dataset, model, protocol, device, result) -> dic
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "interrupted": bool(result.interrupted),
+        # a dry run's epochs are partial: say so next to their timings
+        **(
+            {"max_steps_per_epoch": training["max_steps_per_epoch"]}
+            if training["max_steps_per_epoch"]
+            else {}
+        ),
         "valid": {k: valid[k] for k in REPORTED if k in valid} | _rest(valid),
         "test": {k: test[k] for k in REPORTED if k in test} | _rest(test),
         "timing": {

@@ -435,14 +435,21 @@ def check_preset(spec: StudySpec, where: str) -> None:
         )
 
 
+# training keys added after studies were first keyed, with their defaults
+_LATER_TRAINING_KEYS = {"max_steps_per_epoch": 0}
+
+
 def cell_key(config: Mapping, fingerprint: str) -> str:
     """SHA-256 of the resolved configuration (without the device, the data path and how often
-    resume states are saved, which do not change what is computed) and the data set's content
-    fingerprint."""
+    resume states are saved, which do not change what is computed; without training keys at
+    their defaults that were added later, so earlier studies keep their keys) and the data set's
+    content fingerprint."""
     record = {k: v for k, v in dict(config).items() if k not in ("device", "data")}
     if isinstance(record.get("training"), Mapping):
         record["training"] = {
-            k: v for k, v in record["training"].items() if k != "resume_every_s"
+            k: v
+            for k, v in record["training"].items()
+            if k != "resume_every_s" and not (k in _LATER_TRAINING_KEYS and v == _LATER_TRAINING_KEYS[k])
         }
     text = json.dumps({"config": record, "data": fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -350,6 +350,7 @@ def fit(
     resume_every_s: float = 0.0,
     on_resume_state: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    max_steps_per_epoch: int = 0,
 ) -> FitResult:
     """Train `model` with AdamW on BPR-style triples; keep the best validation state.
 
@@ -357,6 +358,8 @@ def fit(
     validations without gain (with eval_every=1, epochs). Epochs without validation are
     recorded with empty `valid` metrics. `precision` "bf16" trains under bfloat16 autocast;
     `cuda_graph` captures the step in a CUDA graph on a GPU (see TrainStep).
+    `max_steps_per_epoch` > 0 trains each epoch on the first that many batches of its shuffled
+    triples only (validation and everything after it run as usual).
 
     After return the model holds the parameters of the best validation epoch (test metrics are
     the caller's to compute, once, from that state). Ctrl-C stops after the current batch and
@@ -377,6 +380,8 @@ def fit(
     """
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+    if max_steps_per_epoch < 0:
+        raise ConfigError(f"max_steps_per_epoch must be >= 0, got {max_steps_per_epoch}")
     progress = progress or Progress()
     selection_metric = selection_metric or protocol.selection_metric
     device = next(model.parameters()).device
@@ -478,6 +483,13 @@ def fit(
                 torch.from_numpy(a).to(device) for a in epoch_triples(dataset.train, sampler, rng)
             )
             num_batches = max(1, math.ceil(len(users) / batch_size))
+            if 0 < max_steps_per_epoch < num_batches:
+                if epoch == first_epoch:
+                    progress.line(
+                        f"max_steps_per_epoch: each epoch trains {max_steps_per_epoch} of its "
+                        f"{num_batches} steps"
+                    )
+                num_batches = max_steps_per_epoch
             step.reset()
             if resuming:
                 if resume["num_batches"] != num_batches:
