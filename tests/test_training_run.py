@@ -263,3 +263,39 @@ def test_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(small_data, tmp_
     )
     assert code == 2 and "CUDA is not available" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_later_improvements_copy_into_the_one_best_state(monkeypatch):
+    """Each new best is copied into the first copy (no second copy alive), and the model that fit
+    returns is the best epoch's state, not the last one's."""
+    import copy as copy_module
+
+    import torch
+
+    import rearm.training.trainer as trainer
+
+    recalls = iter([0.1, 0.2, 0.3, 0.05, 0.04, 0.03])
+
+    def scripted(model, dataset, protocol, split, batch_size=1024):
+        return {"Recall@20": next(recalls), "NDCG@20": 0.0}
+
+    copies = []
+    real_deepcopy = copy_module.deepcopy
+
+    def counting_deepcopy(value, *args):
+        copies.append(type(value).__name__)
+        return real_deepcopy(value, *args)
+
+    snapshots = {}
+
+    def snapshot(record, model):
+        snapshots[record.epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    monkeypatch.setattr(trainer, "evaluate_split", scripted)
+    monkeypatch.setattr(trainer.copy, "deepcopy", counting_deepcopy)
+    model, result = _fit_small(on_improve=snapshot)
+    assert result.best_epoch == 3 and sorted(snapshots) == [1, 2, 3]
+    assert copies.count("OrderedDict") == 1  # the first improvement only
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[3][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[1][k]) for k in final)
