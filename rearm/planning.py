@@ -17,7 +17,8 @@ Five phases are planned and the peak is the largest: graph building, model const
 graph alive next to the new model's copies of the tables), a training step of the first epoch
 (model, graphs, gradients, AdamW state, saved activations), a training step of later epochs (the
 same plus the copy of the best state that the trainer keeps from the first validation on) and
-validation (the full forward without gradients, one block of scores, the best-state copy).
+validation (the larger of the full forward without gradients and h beside one block of scores,
+plus the best-state copy, which later improvements copy into).
 `Plan.peak_bytes_for(epochs)` is the peak of a run of that many epochs. Seconds per epoch come from a short calibration on this machine
 (`calibrate`): the four kinds of work in one step are timed at a small size and scaled by their
 counts in the real step (dense products by their flops, sparse graph products by nnz x width,
@@ -444,7 +445,18 @@ def plan(
     # forward pass, and about three gradients of the full [(U + I), W] views in the backward
     transient = 3 * (U + I) * W
     activations = round(4 * (saved + batch_floats + transient))
-    evaluation = 4 * int(t["eval_batch_size"]) * I * 3 + 4 * 4 * (U + I) * W
+    # validation (no autograd): first the full forward, whose peak is either the propagation
+    # (its input, running sum and layer outputs: about 4.8 [(U + I), W] tensors) or the
+    # meta-network's per-node low-rank transforms (about 4.5 floats per node per d r entry,
+    # beside the propagated views); then h beside one block of scores and the eighth of a block
+    # more that topk over it takes. Coefficients measured with benchmarks/eval_memory.py (every
+    # tensor its own mapping, so RSS follows the live tensors).
+    meta_phase = 0 if h["no_meta"] else 4.5 * d * r + W
+    forward = 4 * (U + I) * max(4.8 * W, meta_phase)
+    h_width = W if not h["no_meta"] else M * d
+    eval_block = min(int(t["eval_batch_size"]), U)
+    ranking = 4 * (U + I) * h_width + 4.5 * eval_block * I
+    evaluation = round(max(forward, ranking))
 
     components = {
         "interactions": interactions,
@@ -567,7 +579,7 @@ def plan(
         },
         "validation": {
             **trained,
-            "best_state_copy (made after the validation)": 4 * parameters,
+            "best_state_copy (kept from the first validation on)": 4 * parameters,
             "evaluation_block": evaluation,
         },
     }

@@ -126,7 +126,10 @@ def evaluate_model(
                     f"score_fn must return a tensor of shape [{len(block_users)}, {shape[1]}] "
                     f"for {len(block_users)} users, got {got}"
                 )
-            yield block_users, block.detach()
+            yield block_users, (block.detach() if block.requires_grad else block)
+            # drop this frame's reference before the next block is scored: otherwise two blocks
+            # of scores are alive at once (0.9 GB each at 10x Clothing with 1,024 users a block)
+            del block
 
     with torch.no_grad():
         return _evaluate_blocks(blocks(), heldout, exclude, ks, per_user, len(users))
@@ -165,6 +168,7 @@ def _evaluate_blocks(
         for name in names:
             parts[name].append(values[name])
         seen_users.append(np.asarray(block_users, dtype=np.int64))
+        del block  # freed before the next block is made (see evaluate_model)
 
     table = {"users": _concat(seen_users, np.int64)}
     table.update({name: _concat(parts[name], np.float64) for name in names})
