@@ -84,10 +84,19 @@ def main() -> int:
     parser.add_argument("--widths", default="image=512,text=384")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one size here
     args = parser.parse_args()
-    widths = {}
-    for part in args.widths.split(","):
-        name, _, width = part.partition("=")
-        widths[name] = int(width)
+    try:
+        widths = {}
+        for part in args.widths.split(","):
+            name, _, width = part.partition("=")
+            widths[name] = int(width)
+            if not name or widths[name] < 1:
+                raise ValueError
+    except ValueError:
+        parser.error(f"--widths: {args.widths!r} is not NAME=WIDTH pairs with widths >= 1")
+    for size in args.sizes:
+        users, _, items = size.partition("x")
+        if not (users.isdigit() and items.isdigit() and int(users) > 0 and int(items) > 0):
+            parser.error(f"--sizes: {size!r} is not USERSxITEMS with both >= 1")
     if args.one:
         users, items = (int(x) for x in args.one.split("x"))
         print(json.dumps(measure(users, items, args.preset, args.set, widths)))
@@ -106,8 +115,9 @@ def main() -> int:
             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
         )
         if done.returncode != 0:
-            print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
-            return 1
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            print(f"eval_memory.py: {size}: {lines[-1]}", file=sys.stderr)
+            return 2
         print(done.stdout.strip().splitlines()[-1], flush=True)
     return 0
 
