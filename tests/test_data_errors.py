@@ -61,6 +61,15 @@ def non_integer_id(tmp_path, write_rearm, tiny_pairs):
     return write_rearm(tmp_path / "d", pairs=pairs), {}, [], "test.npy", "non-integer"
 
 
+def huge_unsigned_id(tmp_path, write_rearm, tiny_pairs):
+    # uint64 past int64: named as the large id it is, not as a wrapped-round negative one
+    train = tiny_pairs["train"].astype(np.uint64)
+    train[1, 2] = 2**63 + 5
+    pairs = {**tiny_pairs, "train": train}
+    folder = write_rearm(tmp_path / "d", pairs=pairs)
+    return folder, {}, [], "train.npy", f"item id {2**63 + 5} in train is larger than"
+
+
 def out_of_range_id(tmp_path, write_rearm):
     folder = write_rearm(tmp_path / "d")
     return folder, {"num_users": 3}, ["--num-users", "3"], "train.npy", "out of range"
@@ -81,6 +90,12 @@ def feature_extra_rows(tmp_path, write_rearm, tiny_features):
 def feature_not_2d(tmp_path, write_rearm, tiny_features):
     features = {**tiny_features, "image": tiny_features["image"].reshape(6, 2, 2)}
     return write_rearm(tmp_path / "d", features=features), {}, [], "image_feat.npy", "must be 2-D"
+
+
+def feature_no_columns(tmp_path, write_rearm, tiny_features):
+    features = {**tiny_features, "image": np.ones((6, 0), np.float32)}
+    folder = write_rearm(tmp_path / "d", features=features)
+    return folder, {}, [], "image_feat.npy", "features have no columns"
 
 
 def feature_nan(tmp_path, write_rearm, tiny_features):
@@ -147,6 +162,21 @@ def csv_ragged(tmp_path):
     return path, {}, [], "log.csv", "malformed table"
 
 
+def csv_float_written_id(tmp_path):
+    # "1.0" and "1" would be two users; a float-written id is refused, not read as text
+    path = _csv(tmp_path / "log.csv", "user,item,split\n1.0,2,train\n1,2,valid\n1,3,test\n")
+    return path, {}, [], "log.csv", "column 'user': id '1.0' is a whole number written as a float"
+
+
+def item_list_duplicate(tmp_path):
+    path = _tab_ok(tmp_path)
+    (tmp_path / "ids.txt").write_text("a\na\nb\nb\nb\nb\nb\nc\n")
+    np.save(tmp_path / "img.npy", np.ones((8, 3), np.float32))
+    kwargs = {"item_list": tmp_path / "ids.txt", "features": {"image": tmp_path / "img.npy"}}
+    flags = ["--item-list", tmp_path / "ids.txt", "--features", f"image={tmp_path / 'img.npy'}"]
+    return path, kwargs, flags, "ids.txt", "item 'a' is listed 2 times (2 duplicated ids)"
+
+
 def item_without_features(tmp_path):
     path = _tab_ok(tmp_path)
     (tmp_path / "ids.txt").write_text("a\nb\n")
@@ -187,6 +217,22 @@ def mmrec_non_integer(tmp_path):
     return folder, {}, [], "x.inter", "column 'itemID': non-integer value 'b7'"
 
 
+def mmrec_unicode_digit(tmp_path):
+    folder = _mmrec(tmp_path, "userID\titemID\tx_label", "0\t0\t0\n0\t\u00b2\t1\n")
+    return folder, {}, [], "x.inter", "column 'itemID': non-integer value '\u00b2'"
+
+
+def mmrec_arabic_indic_digit(tmp_path):
+    # read as 3 by int(); an id must be ASCII digits
+    folder = _mmrec(tmp_path, "userID\titemID\tx_label", "0\t0\t0\n0\t\u0663\t1\n")
+    return folder, {}, [], "x.inter", "column 'itemID': non-integer value '\u0663'"
+
+
+def mmrec_huge_id(tmp_path):
+    folder = _mmrec(tmp_path, "userID\titemID\tx_label", "0\t0\t0\n0\t99999999999999999999\t1\n")
+    return folder, {}, [], "x.inter", "id '99999999999999999999' is too large"
+
+
 def no_layout(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -207,10 +253,12 @@ CASES = [
     wrong_dtype,
     negative_id,
     non_integer_id,
+    huge_unsigned_id,
     out_of_range_id,
     feature_rows,
     feature_extra_rows,
     feature_not_2d,
+    feature_no_columns,
     feature_nan,
     feature_inf,
     empty_train,
@@ -222,12 +270,17 @@ CASES = [
     csv_unknown_split,
     csv_empty_train,
     csv_ragged,
+    csv_float_written_id,
+    item_list_duplicate,
     item_without_features,
     npy_features_without_item_list,
     item_list_rows_differ,
     mmrec_missing_column,
     mmrec_unknown_label,
     mmrec_non_integer,
+    mmrec_unicode_digit,
+    mmrec_arabic_indic_digit,
+    mmrec_huge_id,
     no_layout,
     bad_parquet,
 ]

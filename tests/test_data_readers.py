@@ -147,6 +147,14 @@ def test_tabular_numeric_ids_sort_numerically(tmp_path):
     assert dataset.item_ids.tolist() == ["1", "2", "10"]
 
 
+def test_tabular_non_ascii_digit_ids_are_text(tmp_path):
+    # '\u00b2' and '\u0663' pass str.isdigit() but are not numbers rearm may sort with int()
+    rows = np.array([["10", "\u00b2", "train"], ["9", "2", "valid"], ["10", "\u0663", "test"]])
+    dataset = load_dataset(write_csv(tmp_path / "x.csv", rows))
+    assert dataset.user_ids.tolist() == ["9", "10"]
+    assert dataset.item_ids.tolist() == sorted(["2", "\u00b2", "\u0663"])
+
+
 def test_tabular_folder_convention_and_custom_columns(tmp_path, tiny_pairs, tiny_features):
     user_names, item_names, rows = tabular_rows(tiny_pairs)
     folder = tmp_path / "tab"

@@ -106,6 +106,70 @@ def test_writer_refuses_foreign_folder_and_replaces_a_data_set(tmp_path):
     assert not (folder / "image_feat.npy").exists()
 
 
+def test_a_failed_write_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    first = make_synthetic(num_users=30, num_items=20, modalities={"image": 4}, seed=1)
+    second = make_synthetic(num_users=30, num_items=20, modalities={"image": 4}, seed=2)
+    folder = tmp_path / "data"
+    write_rearm_layout(first, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_save, calls = np.save, []
+
+    def failing_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        write_rearm_layout(second, folder)
+    monkeypatch.setattr(np, "save", real_save)
+    # not the new train split beside the old valid and test ones
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no staging folder left
+
+
+def test_synth_replaces_its_own_records_and_force_never_deletes_a_foreign_file(tmp_path):
+    from rearm.data.output import check_output_folder, holds_data_set
+
+    misaligned = make_synthetic(num_users=30, num_items=20, misalignment=0.5, seed=1)
+    aligned = make_synthetic(num_users=30, num_items=20, seed=1)
+    folder = tmp_path / "data"
+    write_rearm_layout(misaligned, folder, records={"misalignment.json": {"fraction": 0.5}})
+    write_rearm_layout(aligned, folder)  # its own record does not make it foreign
+    assert not (folder / "misalignment.json").exists()  # nor does it outlive its data set
+    assert load_dataset(folder).fingerprint() == aligned.fingerprint()
+
+    # force into a folder with a user's file: the file stays, rearm's stale records go
+    mixed = tmp_path / "mixed"
+    write_rearm_layout(misaligned, mixed, records={"misalignment.json": {"fraction": 0.5}})
+    (mixed / "thesis.tex").write_text("precious")
+    write_rearm_layout(aligned, mixed, force=True)
+    assert (mixed / "thesis.tex").read_text() == "precious"
+    assert not (mixed / "misalignment.json").exists()
+    assert load_dataset(mixed).fingerprint() == aligned.fingerprint()
+
+    # a lone data-like file does not make a folder a data set fetch / prepare may replace
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "thesis.tex").write_text("precious")
+    np.save(stray / "test.npy", np.zeros((2, 1), np.int64))
+    assert not holds_data_set(stray)
+    with pytest.raises(
+        DataError, match=r"holds no data set rearm can replace; it holds thesis\.tex"
+    ):
+        check_output_folder(stray, force=True)
+    assert holds_data_set(folder)
+
+
+def test_shares_round_half_up_as_written():
+    from rearm.data.corrupt import chosen_count
+
+    # in floats 0.145 * 100 = 14.499999999999998
+    assert [chosen_count(p, 100) for p in (0.145, 0.285, 0.575)] == [15, 29, 58]
+    assert [chosen_count(p, 10) for p in (0.05, 0.25, 0.2, 1.0, 0.0)] == [1, 3, 2, 10, 0]
+
+
 def test_cli_synth(tmp_path, run_cli):
     out = tmp_path / "synth"
     code, stdout, err = run_cli(

@@ -21,7 +21,6 @@ from rearm.data.synth import (
     write_rearm_layout,
 )
 from rearm.errors import DataError
-from rearm.io import write_json
 
 _DEFAULT_MODALITIES = ",".join(f"{name}:{dim}" for name, dim in DEFAULT_MODALITIES.items())
 
@@ -188,9 +187,10 @@ def run_synth(args: argparse.Namespace) -> int:
         misaligned_modality=args.misaligned_modality,
         noise_modalities=noise,
     )
-    write_rearm_layout(dataset, args.out, force=args.force)
+    records = {}
     if "misalignment" in dataset.notes:
-        write_json(Path(args.out) / "misalignment.json", dataset.notes["misalignment"])
+        records["misalignment.json"] = dataset.notes["misalignment"]
+    write_rearm_layout(dataset, args.out, force=args.force, records=records)
     card = describe(dataset)
     card["format"], card["source"] = "rearm", args.out
     print(f"wrote {args.out} (REARM layout)")

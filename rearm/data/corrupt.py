@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rearm.data.dataset import Dataset
-from rearm.data.synth import write_rearm_layout
+from rearm.data.synth import share_count, write_rearm_layout
 from rearm.errors import DataError
 from rearm.io import staged_folder, write_json
 
@@ -34,7 +34,7 @@ _VERSION = 1
 
 def chosen_count(fraction: float, num_items: int) -> int:
     """How many items a fraction alters: P * n rounded half up (0.5 -> 1, 2.5 -> 3)."""
-    return int(np.floor(fraction * num_items + 0.5))
+    return share_count(fraction, num_items)
 
 
 def corrupt_features(

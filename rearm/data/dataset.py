@@ -218,11 +218,17 @@ def _check_pairs(array: np.ndarray, label: str, split: str) -> np.ndarray:
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise DataError(f"{label}: {split} ids must be integers, found non-integer values")
-        array = array.astype(np.int64)
     elif array.dtype.kind == "b":
         raise DataError(f"{label}: {split} ids must be integers, got dtype bool")
     elif array.dtype.kind not in "iu":
         raise DataError(f"{label}: {split} ids must be integers, got dtype {array.dtype}")
+    # before the cast: a uint64 or float id past int64 would wrap round to a negative one
+    if array.dtype.kind in "uf" and array.size and array.max() > MAX_ID:
+        row = 0 if array[0].max() > MAX_ID else 1
+        raise DataError(
+            f"{label}: {('user', 'item')[row]} id {int(array[row].max())} in {split} is larger "
+            f"than {MAX_ID}, the largest id rearm takes; ids must be indices from 0"
+        )
     array = array.astype(np.int64, copy=False)
     if array.size and array.min() < 0:
         which = "user" if array[0].min() < 0 else "item"
@@ -246,6 +252,10 @@ def check_features(array: np.ndarray, name: str, num_items: int, label: str) -> 
         raise DataError(f"{label}: modality {name!r} features must be 2-D, got shape {array.shape}")
     if array.dtype.kind not in "fiu":
         raise DataError(f"{label}: modality {name!r} features must be numeric, got {array.dtype}")
+    if array.shape[1] == 0:
+        raise DataError(
+            f"{label}: modality {name!r} features have no columns (shape {array.shape})"
+        )
     if array.shape[0] != num_items:
         raise DataError(
             f"{label}: modality {name!r} has {array.shape[0]} rows but the data set has "

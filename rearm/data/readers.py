@@ -238,10 +238,8 @@ def _from_indexed_pairs(
         tables[name] = load_npy(feature_path, mmap=mmap)
     if num_items is None and tables:
         # Say which side is off here: Dataset.from_pairs would only see "rows != items".
-        widest = max(
-            (int(np.asarray(a)[1].max(initial=-1)) for a in pairs.values() if _is_pair_array(a)),
-            default=-1,
-        )
+        arrays = [np.asarray(a) for a in pairs.values() if _is_pair_array(a)]
+        widest = max((int(a[1].max()) for a in arrays if a.shape[1]), default=-1)
         for name, table in tables.items():
             if table.ndim == 2 and table.shape[0] > widest + 1 >= 1:
                 raise DataError(
@@ -414,13 +412,36 @@ def _reject_empty_ids(values: np.ndarray, path: Path, column: str) -> None:
     empty = values == ""
     if empty.any():
         raise DataError(f"{path}: column {column!r} is empty in {int(empty.sum())} rows")
+    # "12.0" is what a spreadsheet or a float column writes for the id 12; read as text it
+    # would be another id than "12", so the same user or item would silently become two.
+    body, dot, zeros = np.char.partition(values, ".").T
+    floaty = (
+        (dot == ".") & ascii_digits(body) & ascii_digits(zeros) & (np.char.lstrip(zeros, "0") == "")
+    )
+    if floaty.any():
+        raise DataError(
+            f"{path}: column {column!r}: id {str(values[floaty][0])!r} is a whole number written "
+            f"as a float ({int(floaty.sum())} rows); write the ids as integers or text"
+        )
+
+
+def ascii_digits(values: np.ndarray) -> np.ndarray:
+    """True where a str value is one or more ASCII digits 0-9 (str.isdigit also takes '²' and
+    '٣', which int() refuses or reads as another number)."""
+    values = np.ascontiguousarray(values, dtype=str)
+    if values.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    codes = values.view(np.uint32).reshape(*values.shape, -1)
+    digits = ((codes >= ord("0")) & (codes <= ord("9"))).sum(axis=-1)
+    lengths = np.char.str_len(values)
+    return (lengths > 0) & (digits == lengths)
 
 
 def _sorted_ids(values: np.ndarray) -> np.ndarray:
     """Unique ids in a deterministic order: numeric when all are non-negative integers."""
     unique = np.unique(values.astype(str))
     # Up to 18 digits fit int64; lexsort by (value, string) keeps "7" vs "007" in a fixed order.
-    if len(unique) and np.char.isdigit(unique).all() and np.char.str_len(unique).max() < 19:
+    if len(unique) and ascii_digits(unique).all() and np.char.str_len(unique).max() < 19:
         unique = unique[np.lexsort((unique, unique.astype(np.int64)))]
     return unique
 
@@ -467,7 +488,7 @@ def read_item_list(path: PathLike) -> np.ndarray:
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(
-            f"{path}: item {str(unique[counts > 1][0])!r} is listed {int(counts.max())} times "
+            f"{path}: item {str(unique[counts > 1][0])!r} is listed {int(counts[counts > 1][0])} times "
             f"({int((counts > 1).sum())} duplicated ids)"
         )
     return ids
@@ -639,7 +660,7 @@ def read_parquet_features(
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(
-            f"{path}: item {str(unique[counts > 1][0])!r} has {int(counts.max())} feature rows"
+            f"{path}: item {str(unique[counts > 1][0])!r} has {int(counts[counts > 1][0])} feature rows"
         )
     return ids, vectors
 
@@ -686,11 +707,18 @@ def _pyarrow(path: Path):
 def _parse_ids(values: np.ndarray, path: Path, column: str) -> np.ndarray:
     """Non-negative integer ids from a str column, or a DataError naming the first bad value."""
     values = np.char.strip(values)
-    digits = np.char.isdigit(np.char.lstrip(values, "-")) & (np.char.count(values, "-") <= 1)
+    body = np.char.lstrip(values, "-")
+    digits = ascii_digits(body) & (np.char.str_len(values) - np.char.str_len(body) <= 1)
     if not digits.all():
         raise DataError(
             f"{path}: column {column!r}: non-integer value {str(values[~digits][0])!r} in "
             f"{int((~digits).sum())} rows"
+        )
+    long = np.char.str_len(np.char.lstrip(body, "0")) > 18
+    if long.any():
+        raise DataError(
+            f"{path}: column {column!r}: id {str(values[long][0])!r} is too large (more than 18 "
+            "digits); ids are indices from 0"
         )
     ids = values.astype(np.int64) if len(values) else np.empty(0, dtype=np.int64)
     if (ids < 0).any():

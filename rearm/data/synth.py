@@ -18,17 +18,22 @@ Planted structure (what REARM assumes about real data):
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from rearm.data.dataset import SPLITS, Dataset
+from rearm.data.output import DERIVED_RECORDS, holds_data_set, is_own_entry
 from rearm.errors import DataError
-from rearm.io import atomic_open
+from rearm.io import atomic_open, staged_folder, write_json
 
 DEFAULT_MODALITIES = {"image": 256, "text": 64}
 STYLES = ("image", "text", "audio", "video")  # by position, cycling
@@ -229,13 +234,20 @@ def make_synthetic(
     return dataset
 
 
+def share_count(fraction: float, num_items: int) -> int:
+    """P * n rounded half up (0.5 -> 1, 2.5 -> 3), with P taken as the decimal it is written as:
+    in floats 0.145 * 100 is 14.499999999999998, which would round down to 14, not 15."""
+    exact = Fraction(repr(float(fraction))) * int(num_items)
+    return int(math.floor(exact + Fraction(1, 2)))
+
+
 def _misaligned_rows(num_items: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(items, donors): round-half-up(fraction * num_items) items, each paired with a random other
     item whose latent factors its misaligned modality shows. A generator of its own (seeded by
     (seed, 13)) keeps every other draw of `make_synthetic` identical to the aligned data set."""
     if isinstance(fraction, bool) or not 0.0 <= float(fraction) <= 1.0:
         raise DataError(f"--misalignment: must be in [0, 1], got {fraction!r}")
-    count = int(np.floor(fraction * num_items + 0.5))
+    count = share_count(fraction, num_items)
     rng = np.random.default_rng([seed, 13])
     items = np.sort(rng.choice(num_items, size=count, replace=False))
     # a uniform other item: draw from n - 1 and skip the item itself
@@ -358,14 +370,24 @@ def dataset_to_pairs(dataset: Dataset) -> dict[str, np.ndarray]:
 
 
 def write_rearm_layout(
-    dataset: Dataset, out_dir: str | os.PathLike, *, force: bool = False
+    dataset: Dataset,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    records: Mapping[str, object] | None = None,
 ) -> list[Path]:
-    """Write `dataset` as a REARM-layout folder: {train,valid,test}.npy (int64 (2, N)) and
-    `<name>_feat.npy` (float32 [num_items, dim]), each file atomically (temp file + rename).
+    """Write `dataset` as a REARM-layout folder: {train,valid,test}.npy (int64 (2, N)),
+    `<name>_feat.npy` (float32 [num_items, dim]) and `records` ({file name: JSON object}, e.g.
+    synth's misalignment.json).
 
-    `out_dir` may be missing, empty, or an existing REARM data set (replaced: its stale
-    `*_feat.npy` files are removed so they cannot join the new data set). Any other non-empty
-    folder is refused with a DataError unless `force`. Returns the paths written.
+    The files are written in a hidden sibling folder first, so a failure (a full disk, Ctrl-C)
+    leaves `out_dir` as it was. `out_dir` may be missing, empty, or a REARM data set (splits,
+    features and the records of synth, corrupt and add-modality only): it is then replaced
+    whole, so no stale feature table or record can join the new data set. Any other non-empty
+    folder is refused with a DataError unless `force`: a folder that holds only a data set rearm
+    wrote (e.g. a prepared one) is then replaced whole too; into one with other files the new
+    files are moved, rearm's files that the new data set lacks are removed and the others are
+    kept. Returns the paths written.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -377,26 +399,48 @@ def write_rearm_layout(
             f"{out}: folder is not empty and is not a REARM data set (holds {shown}); "
             "choose another folder or pass --force (force=True) to write into it"
         )
-    out.mkdir(parents=True, exist_ok=True)
     arrays = {f"{name}.npy": pairs for name, pairs in dataset_to_pairs(dataset).items()}
     for name, table in dataset.features.items():
         if not _NAME.match(name):
             raise DataError(f"{out}: modality name {name!r} cannot be a file name")
         arrays[f"{name}_feat.npy"] = np.ascontiguousarray(table, dtype=np.float32)
-    written = []
-    for file_name, array in arrays.items():
-        target = out / file_name
-        with atomic_open(target, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        written.append(target)
+    records = dict(records or {})
+    for name in records:
+        if not name.endswith(".json") or Path(name).name != name or name in arrays:
+            raise DataError(f"{out}: record name {name!r} must be a plain <name>.json file name")
+    names = [*arrays, *records]
+    if not existing or _is_rearm_layout(existing) or holds_data_set(out):
+        with staged_folder(out, replace=lambda _: True) as stage:
+            _write_files(stage, arrays, records)
+        return [out / name for name in names]
+    # force into a folder with files of its own: build aside, then move each file in
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        _write_files(stage, arrays, records)
+        for name in names:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     for stale in existing:
-        if stale.endswith("_feat.npy") and stale not in arrays:
-            (out / stale).unlink()
-    return written
+        if stale not in names and is_own_entry(stale):
+            path = out / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return [out / name for name in names]
+
+
+def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], records: Mapping[str, object]):
+    for file_name, array in arrays.items():
+        with atomic_open(folder / file_name, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    for file_name, record in records.items():
+        write_json(folder / file_name, record)
 
 
 def _is_rearm_layout(names: list[str]) -> bool:
+    """Only splits, feature tables and the records of derived data sets (what synth replaces
+    without force)."""
     split_files = {f"{name}.npy" for name in SPLITS}
     return split_files <= set(names) and all(
-        name in split_files or name.endswith("_feat.npy") for name in names
+        name in split_files or name.endswith("_feat.npy") or name in DERIVED_RECORDS
+        for name in names
     )
