@@ -18,7 +18,9 @@ from rearm.experiments.fold_in import (
 )
 
 
-def planted_bundle(num_users=60, num_items=300, dim=16, history=25, seed=0, item_ids=True):
+def planted_bundle(
+    num_users=60, num_items=300, dim=16, history=25, seed=0, item_ids=True, item_zero=False
+):
     """Users whose train items are their own top-`history` items under the planted vectors."""
     rng = np.random.default_rng(seed)
     users = rng.standard_normal((num_users, dim)).astype(np.float32)
@@ -29,6 +31,8 @@ def planted_bundle(num_users=60, num_items=300, dim=16, history=25, seed=0, item
         shape=(num_users, num_items),
     )
     empty = sp.csr_matrix((num_users, num_items), dtype=np.float32)
+    if item_zero:
+        items[:] = 0.0
     return Bundle(
         meta={"model": "planted", "protocol": "standard", "num_users": num_users},
         user_repr=users,
@@ -169,3 +173,18 @@ def test_choice_samples_users_and_falls_back_to_the_mean():
         "valid_recall_at_20": {},
         "users": 0,
     }
+
+
+def test_an_empty_item_table_is_a_run_error_and_the_service_still_starts():
+    from rearm.experiments.fold_in import shared_inverse
+    from rearm.serve.service import _warm_fold_in
+
+    # e.g. a collapsed model: V^T V is singular, np.linalg.inv would raise LinAlgError
+    with pytest.raises(RunError, match="the saved item table is all zeros"):
+        shared_inverse(np.zeros((4, 4)))
+    with pytest.raises(RunError, match="the saved item table is not finite"):
+        shared_inverse(np.full((4, 4), np.nan))
+    bundle = planted_bundle(item_zero=True)
+    bundle.__dict__["fold_in_choice"] = {"method": "least_squares", "confidence": 0.1}
+    # a server answers /recommend/items with the message instead of failing to start
+    assert "all zeros" in _warm_fold_in(bundle)

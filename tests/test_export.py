@@ -196,6 +196,11 @@ def test_bad_input_exits_2(run_dir, tmp_path, run_cli):
     (busy / "notes.txt").write_text("mine")
     fails(run_dir, "--format", "embeddings", "--out", busy, expect="not empty")
     assert (busy / "notes.txt").read_text() == "mine"
+    fails(run_dir, "--out", busy, "--format", "csv", expect="is a folder; give the file")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    fails(run_dir, "--out", blocker / "top.csv", expect="cannot write")
+    fails(run_dir, "--format", "embeddings", "--out", blocker / "emb", expect="cannot write")
     assert not (tmp_path / "top.csv").exists()
 
 

@@ -225,10 +225,18 @@ def test_errors_are_json_with_the_right_status(client):
     )
     assert "request body" in error_of(huge, 413)
     error_of(client.get("/no/such/path"), 404)
+    # a body the framework cannot decode is invalid JSON too: 422, not an undeclared 400
+    for body in (b'{"users": ["\xff\xfe"]}', b"[" * 50_000):
+        sent = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert "body: invalid JSON" in error_of(sent, 422)
+    # strict types: true is not the id 1 nor k = 1, "3" is not k = 3
+    assert "users" in error_of(client.post("/recommend", json={"users": [True]}), 422)
+    for k in (True, "3", 3.0):
+        assert "k" in error_of(client.post("/recommend", json={"users": [user_id(1)], "k": k}), 422)
 
 
 @needs_serve
-def test_api_key_required_and_checked(keyed):
+def test_api_key_required_and_checked(keyed, run_dir):
     assert keyed.get("/health").status_code == 200  # liveness needs no key
     assert keyed.get("/openapi.json").status_code == 200
     params = {"user": user_id(2), "k": 3}
@@ -243,6 +251,8 @@ def test_api_key_required_and_checked(keyed):
         assert bearer.status_code == 200
     post = keyed.post("/recommend", json={"users": [user_id(2)]})
     assert post.status_code == 401 and post.headers["www-authenticate"] == "Bearer"
+    # the open schema does not tell where the run lives
+    assert run_dir.name not in keyed.get("/openapi.json").text
 
 
 @needs_serve
@@ -301,6 +311,10 @@ def test_cli_refusals(run_dir, tmp_path, run_cli):
     empty.write_text("\n")
     code, _, err = run_cli("serve", run_dir, "--host", "0.0.0.0", "--api-key-file", empty)
     assert code == 2 and "empty" in err
+    accented = tmp_path / "accented"
+    accented.write_text("cl\u00e9\n", encoding="utf-8")
+    code, _, err = run_cli("serve", run_dir, "--api-key-file", accented)
+    assert code == 2 and "printable ASCII" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("serve", run_dir, "--api-key-file", tmp_path / "missing")
     assert code == 2 and "cannot read the API key" in err
     code, _, err = run_cli("serve", tmp_path / "no-run")

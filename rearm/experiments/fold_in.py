@@ -31,6 +31,7 @@ from typing import Annotated, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from rearm.errors import RunError
 from rearm.models.base import Range
 
 FoldInMethod = Literal["mean", "least_squares"]
@@ -111,7 +112,13 @@ def shared_inverse(gram: np.ndarray, ridge: float = 0.01) -> np.ndarray:
     """M^-1 = (V^T V + lambda I)^-1, lambda = ridge * trace(V^T V) / D: the part of the
     least-squares fold-in shared by every user ([D, D], float64)."""
     dim = gram.shape[0]
-    return np.linalg.inv(gram + ridge * np.trace(gram) / dim * np.eye(dim))
+    trace = float(np.trace(gram))
+    if not np.isfinite(trace) or trace <= 0:
+        raise RunError(
+            "fold-in needs item representations: the saved item table is "
+            + ("all zeros" if np.isfinite(trace) else "not finite")
+        )
+    return np.linalg.inv(gram + ridge * trace / dim * np.eye(dim))
 
 
 def fold_in_users(

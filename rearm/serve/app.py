@@ -60,26 +60,32 @@ def create_app(
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, Field, StrictInt, StrictStr
     from starlette.exceptions import HTTPException
 
     check_type(max_batch, MaxBatch, "--max-batch")
     check_type(max_k, MaxK, "--max-k")
     if api_key is not None and not api_key:
         raise ConfigError("the API key is empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        # HTTP headers carry bytes that servers read as Latin-1: a key with other characters
+        # could never be matched, so every client would be refused
+        raise ConfigError("the API key must be printable ASCII characters")
     service = source if isinstance(source, Service) else Service(source, index=index, nprobe=nprobe)
     max_body = max_batch * BODY_BYTES_PER_ID + BODY_BYTES_EXTRA
 
-    Id = str | int  # JSON ids may be numbers when the data's ids are integers
+    # JSON ids may be numbers when the data's ids are integers; strict: true, 3.0 or "3" for k
+    # are refused, not read as 1 or 3
+    Id = StrictStr | StrictInt
 
     class UsersRequest(BaseModel):
         users: list[Id] = Field(min_length=1, description="the data's own user ids")
-        k: int = Field(20, ge=1, description="items per user")
+        k: StrictInt = Field(20, ge=1, description="items per user")
         exclude: list[Id] = Field(default_factory=list, description="item ids never returned")
 
     class ItemsRequest(BaseModel):
         items: list[Id] = Field(min_length=1, description="item ids the new user interacted with")
-        k: int = Field(20, ge=1, description="items to return")
+        k: StrictInt = Field(20, ge=1, description="items to return")
         exclude: list[Id] = Field(default_factory=list, description="item ids never returned")
 
     class Ranked(BaseModel):
@@ -127,7 +133,8 @@ def create_app(
     app = fastapi.FastAPI(
         title="rearm recommendations",
         version=service.info()["rearm_version"],
-        description=f"{service.bundle.meta['model']} from {service.run_dir}",
+        # not the run's path: /openapi.json is open without the API key
+        description=f"top-k recommendations of a {service.bundle.meta['model']} model",
     )
     app.state.service = service
     protected = [Depends(require_key)]
@@ -227,6 +234,10 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
+        if error.status_code == 400:
+            # the framework's answer to a body it cannot decode (bad UTF-8, nesting too deep):
+            # invalid JSON like any other, so 422 as for a syntax error
+            return JSONResponse({"error": f"body: invalid JSON ({error.detail})"}, status_code=422)
         return JSONResponse(
             {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
         )

@@ -67,6 +67,11 @@ def export_top_k(
         raise ConfigError("--format embeddings writes a folder: use export_embeddings")
     check_type(k, TopK, "-k")
     check_type(chunk_users, ChunkUsers, "--chunk-users")
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out}: is a folder; give the file to write, e.g. {out / f'top_k.{fmt}'}"
+        )
+    _check_writable(out)  # before the scoring, not after it
     bundle = source if isinstance(source, Bundle) else load_bundle(source)
     index = (
         np.arange(bundle.num_users, dtype=np.int64) if users is None else bundle.user_index(users)
@@ -75,7 +80,7 @@ def export_top_k(
         raise ConfigError("--users: the list is empty")
     width = min(k, bundle.num_items)
     writer = {"parquet": _parquet_top_k, "csv": _csv_top_k, "npz": _npz_top_k}[fmt]
-    with writer(out, bundle, len(index), width) as write:
+    with _write_errors(out), writer(out, bundle, len(index), width) as write:
         rows = 0
         for start in range(0, len(index), chunk_users):
             chunk = index[start : start + chunk_users]
@@ -117,10 +122,14 @@ def export_embeddings(
     pa, pq = _pyarrow()
     bundle = source if isinstance(source, Bundle) else load_bundle(source)
     out = Path(out)
+    _check_writable(out)  # the stage is built beside out
     try:
-        with staged_folder(
-            out, replace=lambda path: {p.name for p in path.iterdir()} <= set(EMBEDDING_FILES)
-        ) as stage:
+        with (
+            _write_errors(out),
+            staged_folder(
+                out, replace=lambda path: {p.name for p in path.iterdir()} <= set(EMBEDDING_FILES)
+            ) as stage,
+        ):
             for name, column, table, ids in (
                 ("users.parquet", "user", bundle.user_repr, _external_users(bundle)),
                 ("items.parquet", "item", bundle.item_repr, _external_item_table(bundle)),
@@ -145,6 +154,26 @@ def export_embeddings(
         "dim": int(bundle.item_repr.shape[1]),
         "seconds": round(seconds, 3),
     }
+
+
+def _check_writable(out: Path) -> None:
+    """A RunError now if `out`'s folder cannot be made or written in (no permission, a file in
+    the way, a read-only disk), rather than after minutes of scoring."""
+    with _write_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path, *, passing: tuple[type[OSError], ...] = ()) -> Iterator[None]:
+    """OSError -> RunError naming `out` (`passing`: the types the caller answers itself)."""
+    try:
+        yield
+    except passing:
+        raise
+    except OSError as error:
+        raise RunError(f"--out {out}: cannot write ({error.strerror or error})") from None
 
 
 def _write_vectors(pa, pq, path, column, ids, table, chunk_users, progress) -> None:
