@@ -1,5 +1,6 @@
 """The `rearm` command. Each subcommand lives in a module under rearm/commands; this file only
-assembles the parser and turns rearm's own errors into a one-line message and exit code 2."""
+assembles the parser and turns rearm's own errors, and the file system's, into a one-line message
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as error:
+        # a refusal of the file system that the command did not word itself (a file where a
+        # folder should be, no permission, a read-only or full disk): one line naming the path
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"rearm: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

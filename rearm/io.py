@@ -71,8 +71,13 @@ def staged_folder(
     occupied = path.is_dir() and any(path.iterdir())
     if occupied and (replace is None or not replace(path)):
         raise FileExistsError(f"{path}: folder is not empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    except OSError as error:  # named by the folder asked for, not the hidden stage
+        raise OSError(
+            error.errno, f"cannot create this folder ({error.strerror})", str(path)
+        ) from None
     try:
         yield stage
         os.chmod(stage, 0o777 & ~_umask())

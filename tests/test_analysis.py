@@ -169,7 +169,8 @@ def test_heatmap_sample_takes_every_user_when_asked_for_more(bundle):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"users": 0}, "--users"), ({"split": "train"}, "--split")]
+    ("kwargs", "message"),
+    [({"users": 0}, "--users"), ({"split": "train"}, "--split"), ({"seed": -1}, "--seed")],
 )
 def test_heatmap_sample_bad_options(bundle, kwargs, message):
     with pytest.raises(ConfigError, match=message):

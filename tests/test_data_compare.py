@@ -112,3 +112,19 @@ def test_id_mapping_comma_or_tab(tmp_path):
     (tmp_path / "c.csv").write_text("item,itemID\nB1,0\nB2,0\n")
     with pytest.raises(DataError, match="0..n-1"):
         read_id_mapping(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("item,itemID\nB1,0\nB1,1\n")
+    with pytest.raises(DataError, match="id 'B1' is mapped 2 times"):
+        read_id_mapping(tmp_path / "d.csv")
+    (tmp_path / "e.csv").write_bytes("item,itemID\ncaf\u00e9,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="e.csv: not a UTF-8 text file"):
+        read_id_mapping(tmp_path / "e.csv")
+
+
+def test_a_mapping_of_another_data_set_is_refused(two_prepared, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(two_prepared[1], other)
+    mapping = other / "i_id_mapping.csv"
+    lines = mapping.read_text().splitlines()
+    mapping.write_text("\n".join(lines[:-1]) + "\n")  # one item fewer than the data set has
+    with pytest.raises(DataError, match="i_id_mapping.csv: maps .* item ids but its data set has"):
+        compare_datasets(two_prepared[0], other)

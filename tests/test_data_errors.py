@@ -98,6 +98,20 @@ def feature_no_columns(tmp_path, write_rearm, tiny_features):
     return folder, {}, [], "image_feat.npy", "features have no columns"
 
 
+def feature_past_float32(tmp_path, write_rearm, tiny_features):
+    # float64 past float32's range: one line (no numpy overflow warning before it)
+    image = tiny_features["image"].astype(np.float64)
+    image[3, 0] = 1e300
+    folder = write_rearm(tmp_path / "d", features={"image": image})
+    return folder, {}, [], "image_feat.npy", "Inf values in 1 rows (first row 3)"
+
+
+def declared_size_far_too_large(tmp_path, write_rearm):
+    folder = write_rearm(tmp_path / "d")
+    kwargs, flags = {"num_items": 10**15}, ["--num-items", str(10**15)]
+    return folder, kwargs, flags, "d", "num_items=1000000000000000 (--num-items) is far larger"
+
+
 def feature_nan(tmp_path, write_rearm, tiny_features):
     image = tiny_features["image"].copy()
     image[2, 1] = np.nan
@@ -175,6 +189,21 @@ def item_list_duplicate(tmp_path):
     kwargs = {"item_list": tmp_path / "ids.txt", "features": {"image": tmp_path / "img.npy"}}
     flags = ["--item-list", tmp_path / "ids.txt", "--features", f"image={tmp_path / 'img.npy'}"]
     return path, kwargs, flags, "ids.txt", "item 'a' is listed 2 times (2 duplicated ids)"
+
+
+def csv_header_only(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,split\n")
+    return path, {}, [], "log.csv", "train split is empty"
+
+
+def csv_header_names_a_column_twice(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,user,split\nu1,a,u2,train\n")
+    return path, {}, [], "log.csv", "names column 'user' twice"
+
+
+def csv_one_column_for_two_fields(tmp_path):
+    path = _tab_ok(tmp_path)
+    return path, {"user_col": "item"}, ["--user-col", "item"], "log.csv", "asked for as two fields"
 
 
 def item_without_features(tmp_path):
@@ -259,6 +288,8 @@ CASES = [
     feature_extra_rows,
     feature_not_2d,
     feature_no_columns,
+    feature_past_float32,
+    declared_size_far_too_large,
     feature_nan,
     feature_inf,
     empty_train,
@@ -272,6 +303,9 @@ CASES = [
     csv_ragged,
     csv_float_written_id,
     item_list_duplicate,
+    csv_header_only,
+    csv_header_names_a_column_twice,
+    csv_one_column_for_two_fields,
     item_without_features,
     npy_features_without_item_list,
     item_list_rows_differ,
@@ -323,6 +357,7 @@ def test_cli_exits_2_with_one_line(bad_case, run_cli):
         (["data", "synth", "--modalities", ""], "--modalities: empty"),
         (["data", "synth", "--users", "0"], "--users: must be >= 1"),
         (["data", "info", "X", "--features", "image"], "--features: bad entry 'image'"),
+        (["data", "synth", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
     ],
 )
 def test_cli_bad_options(tmp_path, run_cli, args, problem):
@@ -331,6 +366,31 @@ def test_cli_bad_options(tmp_path, run_cli, args, problem):
         args += ["--out", str(tmp_path / "out")]
     code, _, err = run_cli(*args)
     assert code == 2 and problem in err and err.count("\n") == 1, err
+
+
+def test_cli_derived_data_refuse_negative_seeds_and_unwritable_folders(tmp_path, run_cli):
+    source = tmp_path / "src"
+    assert run_cli("data", "synth", "--out", source, "--users", 30, "--items", 20)[0] == 0
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where a folder should be")
+    commands = {
+        "corrupt": ["--modality", "image", "--fraction", "0.5", "--mode", "shuffle"],
+        "add-modality": ["--from", "image", "--name", "extra", "--dim", "4"],
+    }
+    for command, options in commands.items():
+        code, _, err = run_cli("data", command, source, "--out", tmp_path / command, *options,
+                               "--seed", "-1")  # fmt: skip
+        assert code == 2 and "Traceback" not in err, err
+        assert (
+            err.strip().splitlines()[-1] == "rearm: error: --seed: must be an integer >= 0, got -1"
+        )
+        code, _, err = run_cli("data", command, source, "--out", blocker / "sub", *options)
+        assert code == 2 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]  # after the progress line "reading SRC"
+        assert last.startswith("rearm: error: ") and str(blocker / "sub") in last, err
+    code, _, err = run_cli("data", "synth", "--out", blocker / "sub", "--users", 30, "--items", 20)
+    assert code == 2 and f"{blocker / 'sub'}: cannot create this folder" in err, err
+    assert err.count("\n") == 1
 
 
 def test_cli_missing_path_and_bad_format(tmp_path, run_cli):

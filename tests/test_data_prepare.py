@@ -267,6 +267,10 @@ def test_meta_is_parsed_without_eval(tmp_path):
         ('{"foo": 1}\n', "cannot tell the review format"),
         ("[1, 2]\n", "must be a JSON object"),
         ("", "no review records"),
+        (
+            '{"reviewerID": "A", "asin": "B", "unixReviewTime": 99999999999999999999999}\n',
+            "does not fit a 64-bit time stamp",
+        ),
     ],
 )
 def test_bad_review_records(tmp_path, content, problem):

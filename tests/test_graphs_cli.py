@@ -122,6 +122,8 @@ def test_bad_output_folders_and_settings_fail_cleanly(data_dir, tmp_path, capsys
     a_file.write_text("x")
     assert main([*base, "--out", str(a_file)]) == 2
     assert "not a directory" in error_line(capsys)
+    assert main([*base, "--out", str(a_file / "sub")]) == 2  # under a file: no traceback
+    assert f"{a_file / 'sub'}" in error_line(capsys)
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

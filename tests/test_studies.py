@@ -19,6 +19,7 @@ from rearm.data.synth import make_synthetic, write_rearm_layout
 from rearm.errors import ConfigError
 from rearm.studies import TEMPLATE_NAMES, expand_cells, get_template, spec_from_dict
 from rearm.studies.engine import cell_complete
+from rearm.studies.spec import parse_seeds_option
 from rearm.studies.templates import template_yaml
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +61,42 @@ def test_unknown_template_and_missing_spec_file(tmp_path, run_cli):
     assert code == 2 and "unknown study template 'ablations'" in stderr
     code, _, stderr = run_cli("study", "run", tmp_path / "nope.yaml", "--out", tmp_path / "s")
     assert code == 2 and "study spec not found" in stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("5,5", "--seeds: seeds repeat a value: [5, 5]"),
+        ("0", "--seeds: seeds count must be >= 1, got 0"),
+        ("x", "--seeds: expected a count or a comma-separated list, got 'x'"),
+    ],
+)
+def test_seeds_option_says_what_is_wrong(option, message):
+    with pytest.raises(ConfigError) as error:
+        parse_seeds_option(option)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[]", "not a study record: a JSON list, not an object"),
+        ("{}", "not a study record: no 'name'"),
+        ('{"name": "s", "kind": "grid", "rows": [{}], "cells": []}', "rows[0] lacks 'label'"),
+        ("{not json", "unreadable study record"),
+    ],
+)
+def test_a_damaged_study_json_is_one_line_and_writes_nothing(tmp_path, run_cli, content, problem):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(content)
+    code, _, stderr = run_cli("study", "report", out)
+    assert code == 2 and problem in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"variants": {"a": {}}}))
+    code, _, stderr = run_cli("study", "run", spec, "--out", out, "--quiet")
+    assert code == 2 and problem in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["study.json"]  # no runs/ or logs/ made
 
 
 def _expand(content: dict, fingerprint: str = "data"):

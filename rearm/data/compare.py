@@ -39,6 +39,12 @@ def compare_datasets(
     map_a, map_b = Path(path_a) / ITEM_MAP, Path(path_b) / ITEM_MAP
     if map_a.is_file() and map_b.is_file():
         ids_a, ids_b = read_id_mapping(map_a), read_id_mapping(map_b)
+        for path, ids, data in ((map_a, ids_a, a), (map_b, ids_b, b)):
+            if len(ids) != data.num_items:
+                raise DataError(
+                    f"{path}: maps {len(ids)} item ids but its data set has {data.num_items} "
+                    "items; the mapping belongs to another data set"
+                )
         shared, rows_a, rows_b = np.intersect1d(ids_a, ids_b, return_indices=True)
         matched_by = "item id (i_id_mapping.csv)"
     else:

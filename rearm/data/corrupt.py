@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rearm.data.dataset import Dataset
-from rearm.data.synth import share_count, write_rearm_layout
+from rearm.data.synth import check_seed, share_count, write_rearm_layout
 from rearm.errors import DataError
 from rearm.io import staged_folder, write_json
 
@@ -62,6 +62,7 @@ def corrupt_features(
         items (sorted indices), item_ids, and per mode the shuffle sources or the swap source).
     """
     _check_request(dataset, modality, fraction, mode, swap_with)
+    check_seed(seed)
     table = dataset.features[modality]
     num_items, dim = table.shape
     count = chosen_count(fraction, num_items)
@@ -127,6 +128,7 @@ def corrupt_dataset(
     failure leaves no half-written data set. Returns the manifest.
     """
     out = Path(out)
+    check_seed(seed)  # before the data set is read
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):

@@ -142,6 +142,14 @@ class Dataset:
                     f"({pairs_total} interactions); ids must be indices from 0 "
                     "(the tabular layout maps arbitrary ids)"
                 )
+            # a declared size sizes the tables too: 10**15 would ask for petabytes
+            limit = max(largest + 1, 2**24 + 64 * pairs_total)
+            if given is not None and int(given) > limit:
+                raise DataError(
+                    f"{where}: num_{which}s={int(given)} (--num-{which}s) is far larger than the "
+                    f"data ({pairs_total} interactions, largest {which} id {largest}); the limit "
+                    f"is {limit} (2^24 + 64 x interactions)"
+                )
         num_users = max_user + 1 if num_users is None else int(num_users)
         num_items = max_item + 1 if num_items is None else int(num_items)
         for name, array in arrays.items():
@@ -261,7 +269,8 @@ def check_features(array: np.ndarray, name: str, num_items: int, label: str) -> 
             f"{label}: modality {name!r} has {array.shape[0]} rows but the data set has "
             f"{num_items} items"
         )
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 past float32's range: Inf, reported below
+        array = np.ascontiguousarray(array, dtype=np.float32)
     # Row blocks keep the check at O(block) extra memory on memory-mapped 4096-d tables.
     bad_rows = []
     has_nan = False

@@ -10,16 +10,13 @@ REARM-layout folder (the interactions and every table of the source, plus the ne
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from rearm.data.dataset import Dataset
-from rearm.data.synth import _NAME, write_rearm_layout
+from rearm.data.synth import _NAME, check_seed, write_rearm_layout
 from rearm.errors import DataError
 
 MANIFEST = "modality.json"
@@ -44,7 +41,7 @@ def derive_modality(
     if not np.isfinite(noise) or noise < 0:
         raise DataError(f"--noise: must be a finite number >= 0, got {noise!r}")
     table = np.asarray(dataset.features[source], dtype=np.float32)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     projection = rng.standard_normal((table.shape[1], dim), dtype=np.float32)
     projection /= np.sqrt(table.shape[1])
     signal = table @ projection
@@ -69,6 +66,7 @@ def add_modality(
     from rearm.data.readers import load_dataset
 
     out = Path(out)
+    check_seed(seed)  # before the data set is read
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out}: exists and is not an empty folder")
     dataset = dataset if dataset is not None else load_dataset(source_path)
@@ -93,16 +91,6 @@ def add_modality(
         "recipe": f"standardise({source} @ R) + {noise:g} * N(0, 1), R ~ N(0, 1 / D_{source})",
         "fingerprint": derived.fingerprint(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    try:
-        write_rearm_layout(derived, staging, force=True)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # built aside and moved into place whole (out was checked to be missing or empty)
+    write_rearm_layout(derived, out, records={MANIFEST: manifest})
     return manifest

@@ -412,6 +412,8 @@ def _reject_empty_ids(values: np.ndarray, path: Path, column: str) -> None:
     empty = values == ""
     if empty.any():
         raise DataError(f"{path}: column {column!r} is empty in {int(empty.sum())} rows")
+    if not values.size:
+        return
     # "12.0" is what a spreadsheet or a float column writes for the id 12; read as text it
     # would be another id than "12", so the same user or item would silently become two.
     body, dot, zeros = np.char.partition(values, ".").T
@@ -555,6 +557,12 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"{path}: column {repeated[0]!r} is asked for as two fields (e.g. --user-col and "
+            "--item-col); each needs its own column"
+        )
     if path.suffix.lower() in PARQUET_SUFFIXES:
         return _read_parquet_columns(path, columns)
     if delimiter is None:
@@ -574,6 +582,9 @@ def read_table(
     if not first_line.strip():
         raise DataError(f"{path}: empty file, expected a header row with {', '.join(columns)}")
     header = [name.strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
+    twice = [name for name in columns if header.count(name) > 1]
+    if twice:
+        raise DataError(f"{path}: the header names column {twice[0]!r} twice; which one is meant?")
     missing = [name for name in columns if name not in header]
     if missing:
         raise DataError(

@@ -173,6 +173,7 @@ def make_synthetic(
     """
     modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     noise_modalities = tuple(noise_modalities)
+    check_seed(seed)
     _check_arguments(num_users, num_items, modalities, interactions_per_user, heldout_fraction)
     misaligned = _misaligned_rows(num_items, misalignment, seed)
     misaligned_modality = misaligned_modality or next(iter(modalities))
@@ -232,6 +233,13 @@ def make_synthetic(
             "donors": misaligned[1].tolist(),
         }
     return dataset
+
+
+def check_seed(seed, label: str = "--seed") -> int:
+    """`seed` if it is an integer >= 0 (what numpy's generators take), else a DataError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"{label}: must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def share_count(fraction: float, num_items: int) -> int:

@@ -174,9 +174,48 @@ class StudyRecord:
         )
 
 
+# what a report and a rerun read of study.json's rows and cells
+_ROW_KEYS = ("label", "data_label")
+_CELL_KEYS = ("key", "row", "seed", "dir")
+
+
+def read_study_record(path: Path) -> dict:
+    """study.json's content, checked for the keys a report and a rerun read: a RunError naming
+    the file and what is wrong otherwise (FileNotFoundError passes through)."""
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path}: unreadable study record ({error})") from None
+    problem = _record_problem(content)
+    if problem:
+        raise RunError(f"{path}: not a study record: {problem}")
+    return content
+
+
+def _record_problem(content) -> str | None:
+    if not isinstance(content, dict):
+        return f"a JSON {type(content).__name__}, not an object"
+    for key in ("name", "kind", "rows", "cells"):
+        if key not in content:
+            return f"no {key!r}"
+    for key, needed in (("rows", _ROW_KEYS), ("cells", _CELL_KEYS)):
+        entries = content[key]
+        if not isinstance(entries, list):
+            return f"{key!r} is not a list"
+        for position, entry in enumerate(entries):
+            lacking = [name for name in needed if not isinstance(entry, dict) or name not in entry]
+            if lacking:
+                return f"{key}[{position}] lacks {lacking[0]!r}"
+    return None
+
+
 def prepare_study_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
+    if (out / STUDY_FILE).exists():
+        read_study_record(out / STUDY_FILE)  # a damaged record stops the run before it writes
     ours = {"runs", "logs", "data"}  # what an interrupted first invocation may have made
     if (
         out.is_dir()
@@ -346,8 +385,8 @@ def run_study(
 def _previous_state(out: Path) -> dict[str, dict]:
     """Timings of cells recorded by an earlier invocation (kept for skipped cells)."""
     try:
-        content = json.loads((out / STUDY_FILE).read_text())
-    except (OSError, ValueError):
+        content = read_study_record(out / STUDY_FILE)
+    except FileNotFoundError:
         return {}
     return {
         c["key"]: {k: c[k] for k in ("seconds",) if k in c}

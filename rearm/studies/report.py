@@ -29,7 +29,7 @@ import numpy as np
 
 from rearm.errors import RunError
 from rearm.io import atomic_open, write_json
-from rearm.studies.engine import STUDY_FILE, cell_complete
+from rearm.studies.engine import STUDY_FILE, cell_complete, read_study_record
 from rearm.studies.stats import holm, mean_std, relative_change, wilcoxon_signed_rank
 
 METRICS = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")
@@ -53,11 +53,9 @@ COST_HEADERS = {
 def load_study(study_dir: str | os.PathLike) -> dict:
     path = Path(study_dir) / STUDY_FILE
     try:
-        return json.loads(path.read_text())
+        return read_study_record(path)
     except FileNotFoundError:
         raise RunError(f"{path}: not found (is {study_dir} a study directory?)") from None
-    except (OSError, ValueError) as error:
-        raise RunError(f"{path}: unreadable study record ({error})") from None
 
 
 def _row_runs(study_dir: Path, study: dict, row: int) -> list[Path]:

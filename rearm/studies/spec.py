@@ -163,13 +163,12 @@ def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
 def parse_seeds_option(text: str) -> tuple[int, ...]:
     """--seeds: "3" is a count, "2025,2026" (any comma) a list."""
     try:
-        if "," in text:
-            return parse_seeds([int(s) for s in text.split(",") if s.strip()], "--seeds")
-        return parse_seeds(int(text), "--seeds")
+        value = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
     except ValueError:
         raise ConfigError(
             f"--seeds: expected a count or a comma-separated list, got {text!r}"
         ) from None
+    return parse_seeds(value, "--seeds")  # its own message for a repeat or a count < 1
 
 
 def spec_from_dict(content: Any, where: str) -> StudySpec:
@@ -449,7 +448,8 @@ def cell_key(config: Mapping, fingerprint: str) -> str:
         record["training"] = {
             k: v
             for k, v in record["training"].items()
-            if k != "resume_every_s" and not (k in _LATER_TRAINING_KEYS and v == _LATER_TRAINING_KEYS[k])
+            if k != "resume_every_s"
+            and not (k in _LATER_TRAINING_KEYS and v == _LATER_TRAINING_KEYS[k])
         }
     text = json.dumps({"config": record, "data": fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -213,11 +213,16 @@ def read_id_mapping(path: str | os.PathLike) -> np.ndarray:
     """The ids of a `u_id_mapping.csv` / `i_id_mapping.csv` file (id, index columns; comma- or
     tab-separated, the latter as MMRec writes them), in index order."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        header = handle.readline()
-        handle.seek(0)
-        delimiter = "\t" if "\t" in header and "," not in header else ","
-        rows = list(csv.reader(handle, delimiter=delimiter))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = handle.readline()
+            handle.seek(0)
+            delimiter = "\t" if "\t" in header and "," not in header else ","
+            rows = list(csv.reader(handle, delimiter=delimiter))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+    except (OSError, csv.Error) as error:
+        raise DataError(f"{path}: unreadable id mapping ({error})") from None
     if len(rows) < 2 or len(rows[0]) != 2:
         raise DataError(f"{path}: expected a header (id, index) and one row per id")
     try:
@@ -228,4 +233,11 @@ def read_id_mapping(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: indices must be 0..n-1, each once")
     ids = np.empty(len(index), dtype=object)
     ids[index] = [row[0] for row in rows[1:]]
-    return ids.astype(str)
+    ids = ids.astype(str)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(
+            f"{path}: id {str(unique[counts > 1][0])!r} is mapped {int(counts[counts > 1][0])} "
+            "times; each id needs one index"
+        )
+    return ids

@@ -87,6 +87,8 @@ def read_reviews(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> Re
         stamp = record.get(time_field)
         if problem is None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
             problem = f"field {time_field!r} missing or not an integer ({fmt} format)"
+        elif problem is None and not -(2**63) <= stamp < 2**63:
+            problem = f"field {time_field!r}: {stamp} does not fit a 64-bit time stamp"
         if problem is not None:
             _bad(path, number, problem, skip_bad_lines, bad)
             continue
