@@ -38,6 +38,19 @@ def test_wilcoxon_auto_and_large_samples_match_scipy():
     assert wilcoxon_signed_rank(small)[1] == pytest.approx(scipy_stats.wilcoxon(small).pvalue)
 
 
+@pytest.mark.parametrize(
+    "d",
+    [[1, 1, 1, 1], [0, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, -1], [0, 0, 0, 1], [1, 1, 2, 2, 3, -3, 4]],
+)
+def test_wilcoxon_small_samples_with_ties_are_exact(d):
+    # four equal differences: the 16 sign patterns give P(W+ = 0) = 1/16, so p = 0.125 is the
+    # smallest two-sided p four pairs can give; the normal approximation said 0.046 ("*")
+    mine = wilcoxon_signed_rank(d)
+    theirs = scipy_stats.wilcoxon(d)  # auto: a permutation test over the same sign patterns
+    assert mine == pytest.approx((theirs.statistic, theirs.pvalue), rel=1e-12)
+    assert wilcoxon_signed_rank([1, 1, 1, 1])[1] == 0.125
+
+
 def test_wilcoxon_hand_computed_and_degenerate():
     # d = 1, 2, 3, -4: ranks 1..4, W+ = 6, W- = 4, statistic 4. Under the null the 16 sign
     # patterns give W+ = 0..10 with counts 1,1,1,2,2,2,2,2,1,1,1: P(W+ >= 6) = 7/16, so the

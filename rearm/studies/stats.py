@@ -50,11 +50,15 @@ def wilcoxon_signed_rank(
 
     Zero differences are dropped (Wilcoxon's convention, scipy's default "wilcox"). The statistic
     is min(W+, W-) over the ranks of |d| (ties get mean ranks). method "exact" uses the null
-    distribution of W+ (valid without ties); "approx" the normal approximation with the tie
-    correction of the variance and no continuity correction; "auto" is exact for at most 50
-    differences without ties or zeros, else approx (scipy's "auto" agrees except that for at most
-    13 differences with ties or zeros it runs a permutation test; study tables compare thousands
-    of users, where both use the normal approximation).
+    distribution of W+ given these ranks: all 2^n sign patterns equally likely, counted over the
+    doubled ranks (whole numbers, since mean ranks are whole or half); without ties it is the
+    classic table. "approx" is the normal approximation with the tie correction of the variance
+    and no continuity correction. "auto" is exact for at most 50 non-zero differences, else
+    approx. scipy's "auto" agrees without ties or zeros and, with them, up to 13 differences (its
+    permutation test enumerates the same sign patterns); from 14 to 50 it approximates. With ties
+    the approximation can be far off at small n (four equal differences: p 0.046 against the
+    exact 0.125, the smallest p four pairs can give); study tables compare thousands of users,
+    where both use the approximation.
 
     Returns:
         (statistic, p-value); (nan, nan) when no non-zero difference is left.
@@ -62,7 +66,6 @@ def wilcoxon_signed_rank(
     d = np.asarray(x, dtype=np.float64)
     if y is not None:
         d = d - np.asarray(y, dtype=np.float64)
-    had_zeros = bool((d == 0).any())
     d = d[d != 0]
     n = len(d)
     if n == 0:
@@ -71,15 +74,15 @@ def wilcoxon_signed_rank(
     r_plus = float(ranks[d > 0].sum())
     r_minus = float(ranks[d < 0].sum())
     statistic = min(r_plus, r_minus)
-    has_ties = len(np.unique(np.abs(d))) < n
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_N and not (has_ties or had_zeros) else "approx"
+        method = "exact" if n <= EXACT_MAX_N else "approx"
     if method == "exact":
-        counts = _signed_rank_counts(n)
+        doubled = np.rint(2.0 * ranks).astype(np.int64)
+        counts = _signed_rank_counts(doubled)
         total = counts.sum()
-        # with ties W+ may be a half-integer: round it outward on each side (conservative)
-        below = counts[: math.ceil(r_plus) + 1].sum() / total  # P(W+ <= ceil(w))
-        above = counts[math.floor(r_plus) :].sum() / total  # P(W+ >= floor(w))
+        w = int(round(2.0 * r_plus))
+        below = counts[: w + 1].sum() / total  # P(W+ <= w)
+        above = counts[w:].sum() / total  # P(W+ >= w)
         return statistic, float(min(1.0, 2.0 * min(below, above)))
     if method != "approx":
         raise ValueError(f"method must be auto, exact or approx, got {method!r}")
@@ -93,13 +96,13 @@ def wilcoxon_signed_rank(
     return statistic, float(min(1.0, math.erfc(abs(z) / math.sqrt(2.0))))
 
 
-def _signed_rank_counts(n: int) -> np.ndarray:
-    """counts[w] = number of subsets of {1..n} whose sum is w (the null distribution of W+)."""
-    top = n * (n + 1) // 2
-    counts = np.zeros(top + 1, dtype=np.float64)
+def _signed_rank_counts(weights: np.ndarray) -> np.ndarray:
+    """counts[w] = number of subsets of `weights` (whole numbers >= 1) whose sum is w: the null
+    distribution of W+ over the sign patterns (exact in float64 up to 2^53 patterns)."""
+    counts = np.zeros(int(weights.sum()) + 1, dtype=np.float64)
     counts[0] = 1.0
-    for rank in range(1, n + 1):
-        counts[rank:] = counts[rank:] + counts[:-rank].copy()
+    for weight in weights.tolist():
+        counts[weight:] = counts[weight:] + counts[:-weight].copy()
     return counts
 
 
