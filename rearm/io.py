@@ -4,6 +4,7 @@ so a crash or Ctrl-C never leaves a half-written file behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -91,3 +92,37 @@ def staged_folder(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that a mapping naming a key twice is a yaml.YAMLError (safe_load
+    keeps the last value silently, so `model: mf` then `model: lightgcn` would train lightgcn)."""
+    import yaml
+
+    return yaml.load(text, Loader=_strict_loader())
+
+
+@functools.cache
+def _strict_loader():
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                if repeated:
+                    raise ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} appears twice (line {key_node.start_mark.line + 1})",
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader

@@ -186,6 +186,7 @@ def test_synthetic_shape_and_dims():
     [
         (["--synthetic", "10", "x", "100", "384"], "ITEMS"),
         (["--synthetic", "10", "20", "100", "3a4"], "DIMS"),
+        (["--synthetic", "12,34", "20", "100", "384"], "USERS: expected a positive integer"),
         (["--synthetic", "10", "20", "1000", "384"], "exceeds"),
         (["--synthetic", "0", "20", "100", "384"], "USERS"),
         (["--synthetic", "10", "20", "100", "384", "--model", "mf"], "not planned"),

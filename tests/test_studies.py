@@ -43,6 +43,20 @@ from rearm.studies.templates import template_yaml
         ({"reference": "nope", "variants": {"a": {}}}, "reference 'nope' is not a row"),
         ({"training": {"epochs": "ten"}}, "epochs must be int"),
         ({"models": ["rearm", "nope"]}, "nope"),
+        ({"training": []}, "training must be a mapping"),
+        ({"hyperparameters": False}, "hyperparameters must be a mapping"),
+        ({"variants": 0}, "variants must be a mapping"),
+        (
+            {
+                "corruption": {
+                    "modality": "image",
+                    "mode": "shuffle",
+                    "fractions": [0.5],
+                    "seed": -3,
+                }
+            },
+            "corruption.seed must be >= 0, got -3",
+        ),
     ],
 )
 def test_bad_specs_fail_with_one_line_and_run_nothing(tmp_path, run_cli, content, message):
@@ -184,6 +198,77 @@ def data_dir(tmp_path_factory) -> Path:
     dataset = make_synthetic(num_users=120, num_items=80, modalities={"image": 8}, seed=4)
     write_rearm_layout(dataset, folder)
     return folder
+
+
+def test_spec_errors_name_the_file_and_a_repeated_key(data_dir, tmp_path, run_cli):
+    spec = tmp_path / "twice.yaml"
+    spec.write_text(f"model: mf\ndata: {data_dir}\nmodel: lightgcn\n")
+    code, _, stderr = run_cli("study", "run", spec, "--out", tmp_path / "a", "--dry-run")
+    assert code == 2 and "key 'model' appears twice (line 3)" in stderr, stderr
+    spec = tmp_path / "row.yaml"
+    spec.write_text(yaml.safe_dump({"model": "mf", "axes": {"learning_rate": ["abc"]}}))
+    code, _, stderr = run_cli("study", "run", spec, "--data", data_dir, "--out", tmp_path / "b")
+    assert code == 2 and f"rearm: error: {spec}: row 'learning_rate=abc'" in stderr, stderr
+
+
+def test_a_corruption_study_with_a_bad_row_writes_nothing(data_dir, tmp_path, run_cli):
+    spec = tmp_path / "spec.yaml"
+    content = {
+        "model": "mf",
+        "corruption": {"modality": "image", "mode": "shuffle", "fractions": [0.5]},
+        "axes": {"learning_rate": ["abc"]},
+    }
+    spec.write_text(yaml.safe_dump(content))
+    out = tmp_path / "study"
+    code, _, stderr = run_cli("study", "run", spec, "--data", data_dir, "--out", out, "--quiet")
+    assert code == 2 and "learning_rate" in stderr and not out.exists(), stderr
+    content["corruption"]["modality"] = "audio"  # a modality the data lacks
+    content["axes"]["learning_rate"] = [0.01]
+    spec.write_text(yaml.safe_dump(content))
+    code, _, stderr = run_cli("study", "run", spec, "--data", data_dir, "--out", out, "--quiet")
+    assert code == 2 and "audio" in stderr and not out.exists(), stderr
+
+
+def test_devices_are_checked_before_anything_is_written(data_dir, tmp_path, run_cli):
+    spec = _spec(tmp_path, data_dir)
+    out = tmp_path / "study"
+    code, _, stderr = run_cli("study", "run", spec, "--out", out, "--device", "cudaxyz")
+    assert code == 2 and "expected auto, cpu or cuda[:N], got 'cudaxyz'" in stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, stderr = run_cli("study", "run", spec, "--out", out, "--device", "cuda")
+        assert code == 2 and "CUDA is not available" in stderr
+    assert not out.exists()
+
+
+def test_a_template_reference_holds_for_several_data_sets(data_dir, tmp_path, run_cli):
+    other = tmp_path / "other"
+    write_rearm_layout(make_synthetic(num_users=40, num_items=30, seed=5), other)
+    for template in ("ablation", "compare"):
+        code, _, stderr = run_cli(
+            "study", "run", template, "--data", data_dir, "--data", other, "--seeds", "1",
+            "--dry-run", "--out", tmp_path / template,
+        )  # fmt: skip
+        assert code == 0, stderr
+
+
+def test_training_curves_skip_epochs_without_validation(tmp_path):
+    from rearm.studies.report import _training_curve
+
+    runs = []
+    for number, values in enumerate(([None, 0.2, None, 0.4], [None, 0.3])):
+        run = tmp_path / f"run{number}"
+        run.mkdir()
+        lines = [
+            json.dumps({"epoch": epoch, "valid": {} if v is None else {"Recall@20": v}})
+            for epoch, v in enumerate(values, start=1)
+        ]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        runs.append(run)
+    curve = _training_curve(runs)  # eval_every=2: epochs 2 and 4 were evaluated
+    assert curve["epochs"] == [2, 4]
+    assert curve["recall"] == pytest.approx([0.25, 0.4])
 
 
 def _spec(folder: Path, data: Path, rates=(0.001, 0.05)) -> Path:

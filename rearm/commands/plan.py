@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from rearm.commands.options import add_config_arguments, config_from_args
 from rearm.errors import ConfigError
@@ -38,12 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _count(text: str, label: str) -> int:
-    try:
-        value = int(str(text).replace("_", "").replace(",", ""))
-    except ValueError:
-        raise ConfigError(
-            f"--synthetic {label}: expected a positive integer, got {text!r}"
-        ) from None
+    """A positive integer, digits grouped by threes with "," or "_" allowed (400,000; 400_000),
+    so that 12,34 is an error rather than 1,234."""
+    text = str(text)
+    if not re.fullmatch(r"[0-9]+|[0-9]{1,3}(,[0-9]{3})+|[0-9]{1,3}(_[0-9]{3})+", text):
+        raise ConfigError(f"--synthetic {label}: expected a positive integer, got {text!r}")
+    value = int(text.replace("_", "").replace(",", ""))
     if value < 1:
         raise ConfigError(f"--synthetic {label}: expected a positive integer, got {text!r}")
     return value

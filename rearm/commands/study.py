@@ -150,10 +150,18 @@ def _run(args: argparse.Namespace) -> int:
         address=args.address,
         dry_run=args.dry_run,
         line=line,
+        where=_spec_name(args.spec),
     )
     if args.dry_run:
         return 0
     return 0 if result["status"] == "complete" else 1
+
+
+def _spec_name(text: str) -> str:
+    """How errors name the spec: its file, or the template."""
+    if Path(text).is_file() or text.endswith((".yaml", ".yml")):
+        return text
+    return f"template {text}"
 
 
 def _stop_on_signals() -> None:

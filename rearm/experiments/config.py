@@ -16,6 +16,7 @@ import yaml
 
 from rearm.data.synth import is_synthetic_recipe
 from rearm.errors import ConfigError
+from rearm.io import load_yaml
 from rearm.models import MODEL_NAMES, get_model
 from rearm.models.base import Range, check_type, describe_annotation, meaning_of
 from rearm.models.presets import get_preset
@@ -125,8 +126,8 @@ class RunConfig:
 def read_config_file(path: str | os.PathLike) -> dict:
     """Read a YAML run configuration; structural problems are ConfigErrors naming the file."""
     try:
-        with open(path) as handle:
-            content = yaml.safe_load(handle)
+        with open(path, encoding="utf-8") as handle:
+            content = load_yaml(handle.read())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -211,6 +212,21 @@ def _record_problem(content) -> str | None:
     return None
 
 
+def _check_local_device(device: str) -> None:
+    """A ConfigError now, not a failure in every cell, for a device this machine lacks (the
+    Ray executor's cells run on other machines, so only local studies are checked)."""
+    from rearm.training.trainer import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is not None:
+        import torch
+
+        if resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+
+
 def prepare_study_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
@@ -263,6 +279,7 @@ def run_study(
     address: str | None = None,
     dry_run: bool = False,
     line: Callable[[str], None] = print,
+    where: str | None = None,
 ) -> dict:
     """Run every incomplete cell of `spec` into `out`; returns study.json's content.
 
@@ -270,8 +287,10 @@ def run_study(
     devices: device names given to cells round-robin by worker slot (default: the spec's device,
     else "auto", as for `rearm train`); executor: "local" (worker processes) or "ray" (`address` of a running cluster,
     default a local instance). Ctrl-C stops the running cells (SIGTERM, then SIGKILL), records
-    them as interrupted and re-raises KeyboardInterrupt.
+    them as interrupted and re-raises KeyboardInterrupt. `where` names the spec in errors (default
+    "study <name>").
     """
+    where = where or f"study {spec.name}"
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
@@ -281,8 +300,10 @@ def run_study(
     out = Path(out)
     devices = devices or [spec.device or "auto"]
     for device in devices:
-        if device not in ("auto", "cpu") and not device.startswith("cuda"):
-            raise ConfigError(f"--device: expected cpu or cuda[:N], got {device!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+            raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
+        if executor == "local" and not dry_run:
+            _check_local_device(device)
     jobs = jobs or default_jobs(devices)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
@@ -291,10 +312,14 @@ def run_study(
         from rearm.studies.derive import derive_corrupted
 
         if not dry_run:
+            # the whole spec is checked in memory first: a bad modality, fraction or row value
+            # stops the study before it writes a folder or a derived data set
+            checked, datasets, _ = derive_corrupted(spec, out, line, write=False)
+            expand_cells(checked, data_fingerprints(checked, line, datasets), where=where)
             prepare_study_dir(out)
         spec, loaded, derived = derive_corrupted(spec, out, line, write=not dry_run)
     fingerprints = data_fingerprints(spec, line, loaded)
-    rows, cells = expand_cells(spec, fingerprints, where=f"study {spec.name}")
+    rows, cells = expand_cells(spec, fingerprints, where=where)
     unique: dict[str, Cell] = {}
     # seed by seed: a study stopped early has every row at its first seeds, not some rows at all
     # seeds and others at none

@@ -172,11 +172,12 @@ def _bars(plt, report, table, rows, path: Path) -> Path:
 
 
 def _curves(plt, report, table, rows, path: Path) -> Path:
-    """Valid Recall@20 per epoch, one line per row (mean over the seeds that reached the epoch)."""
+    """Valid Recall@20 per evaluated epoch, one line per row (mean over the seeds that evaluated
+    the epoch)."""
     figure, axis = plt.subplots(figsize=(5.5, 3.4))
     for entry in rows:
         curve = entry["curve"]
-        axis.plot(range(1, len(curve) + 1), curve, lw=1, label=entry["label"])
+        axis.plot(curve["epochs"], curve["recall"], lw=1, label=entry["label"])
     axis.set_xlabel("epoch")
     axis.set_ylabel("valid Recall@20")
     axis.set_title(f"{report['study']} ({table['data']}): training curves", fontsize=9)

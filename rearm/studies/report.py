@@ -30,6 +30,7 @@ import numpy as np
 from rearm.errors import RunError
 from rearm.io import atomic_open, write_json
 from rearm.studies.engine import STUDY_FILE, cell_complete, read_study_record
+from rearm.studies.spec import names_a_row
 from rearm.studies.stats import holm, mean_std, relative_change, wilcoxon_signed_rank
 
 METRICS = ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20")
@@ -94,17 +95,24 @@ def paired_test(
     )
 
 
-def _training_curve(runs: list[Path]) -> list[float]:
-    """Mean valid Recall@20 per epoch over the runs that reached the epoch."""
-    curves = []
+def _training_curve(runs: list[Path]) -> dict[str, list]:
+    """{"epochs", "recall"}: mean valid Recall@20 at each evaluated epoch, over the runs that
+    evaluated it (with eval_every > 1 the epochs between evaluations have no valid metrics)."""
+    by_epoch: dict[int, list[float]] = {}
     for run in runs:
         try:
             lines = (run / "metrics.jsonl").read_text().splitlines()
         except OSError:
             continue
-        curves.append([json.loads(text)["valid"]["Recall@20"] for text in lines if text.strip()])
-    length = max((len(c) for c in curves), default=0)
-    return [float(np.mean([c[e] for c in curves if len(c) > e])) for e in range(length)]
+        for text in lines:
+            if not text.strip():
+                continue
+            record = json.loads(text)
+            value = (record.get("valid") or {}).get("Recall@20")
+            if value is not None:
+                by_epoch.setdefault(int(record["epoch"]), []).append(float(value))
+    epochs = sorted(by_epoch)
+    return {"epochs": epochs, "recall": [float(np.mean(by_epoch[e])) for e in epochs]}
 
 
 def build_report(study_dir: str | os.PathLike, reference: str | None = None) -> dict:
@@ -114,7 +122,9 @@ def build_report(study_dir: str | os.PathLike, reference: str | None = None) -> 
     rows = study["rows"]
     labels = [row["label"] for row in rows]
     reference = reference or study.get("reference")
-    if reference is not None and reference not in labels:
+    if reference is not None and not names_a_row(
+        reference, [(row["label"], row["data_label"]) for row in rows]
+    ):
         raise RunError(f"--reference: no row {reference!r} (rows: {', '.join(labels)})")
     tables = []
     for data_label in dict.fromkeys(row["data_label"] for row in rows):

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from rearm.errors import ConfigError
+from rearm.io import load_yaml
 from rearm.experiments.config import RunConfig, resolve_config
 
 SPEC_KEYS = (
@@ -207,11 +208,13 @@ def spec_from_dict(content: Any, where: str) -> StudySpec:
             _expect(content[key], str, f"{where}: {key}")
     sections = {}
     for key in ("training", "hyperparameters"):
-        value = content.get(key) or {}
+        value = content.get(key)
+        value = {} if value is None else value  # `training:` with nothing under it
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping of keys to values")
         sections[key] = value
-    variants = content.get("variants") or {}
+    variants = content.get("variants")
+    variants = {} if variants is None else variants
     if not isinstance(variants, dict):
         raise ConfigError(f"{where}: variants must be a mapping of row names to settings")
     for variant, settings in variants.items():
@@ -253,7 +256,7 @@ def spec_from_dict(content: Any, where: str) -> StudySpec:
 
 def read_spec(path: str | os.PathLike) -> StudySpec:
     try:
-        content = yaml.safe_load(Path(path).read_text())
+        content = load_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: study spec not found") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -345,6 +348,8 @@ def _parse_corruption(value: Any, where: str) -> dict | None:
         raise ConfigError(f"{label}.fractions: a value repeats: {fractions!r}")
     seed = value.get("seed", 0)
     _expect(seed, int, f"{label}.seed")
+    if seed < 0:
+        raise ConfigError(f"{label}.seed must be >= 0, got {seed}")
     return {
         "modality": value["modality"],
         "mode": value["mode"],
@@ -460,6 +465,18 @@ def _dirname(label: str, seed: int, key: str) -> str:
     return f"{readable}-s{seed}-{key[:8]}"
 
 
+def names_a_row(reference: str, rows: list[tuple[str, str]]) -> bool:
+    """True if `reference` is a row's label, or, with several data sets (labels "<data> <name>"),
+    the name of a row in each of them ("full" for "baby full" and "sports full")."""
+    if reference in {label for label, _ in rows}:
+        return True
+    names: dict[str, set[str]] = {}
+    for label, data in rows:
+        bare = label[len(data) + 1 :] if label.startswith(data + " ") else label
+        names.setdefault(data, set()).add(bare)
+    return len(names) > 1 and all(reference in found for found in names.values())
+
+
 def expand_cells(
     spec: StudySpec, fingerprints: Mapping[str | None, str], where: str = "spec"
 ) -> tuple[list[Row], list[Cell]]:
@@ -472,7 +489,9 @@ def expand_cells(
     duplicate = next((label for label in labels if labels.count(label) > 1), None)
     if duplicate:
         raise ConfigError(f"{where}: two rows are both named {duplicate!r}")
-    if spec.reference is not None and spec.reference not in labels:
+    if spec.reference is not None and not names_a_row(
+        spec.reference, [(row.label, row.data_label) for row in rows]
+    ):
         raise ConfigError(
             f"{where}: reference {spec.reference!r} is not a row (rows: {', '.join(labels)})"
         )
