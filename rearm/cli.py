@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except RearmError as error:
         print(f"rearm: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)  # StoppedError: 128 + the signal's number
     except KeyboardInterrupt:
         print("rearm: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,25 @@ class RunError(RearmError):
     """A run directory or saved model bundle is missing or inconsistent."""
 
 
+class StoppedError(RunError):
+    """A run stopped by a signal before it had a model to save; `exit_code` is the shell's
+    128 + signal number (130 for SIGINT, 143 for SIGTERM), not the 2 of bad input."""
+
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = stop_exit_code(signal_name)
+
+
+def stop_exit_code(signal_name: str | None) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended."""
+    import signal
+
+    try:
+        return 128 + int(signal.Signals[signal_name or "SIGINT"])
+    except KeyError:
+        return 130
+
+
 class UnknownUserError(RearmError, KeyError):
     """A user id asked for in `recommend` is not in the model's id map."""
 

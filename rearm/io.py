@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -96,7 +97,9 @@ def staged_folder(
 
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, except that a mapping naming a key twice is a yaml.YAMLError (safe_load
-    keeps the last value silently, so `model: mf` then `model: lightgcn` would train lightgcn)."""
+    keeps the last value silently, so `model: mf` then `model: lightgcn` would train lightgcn),
+    and that `1e-3` and `5E4` are floats as in YAML 1.2 (YAML 1.1 wants `1.0e-3`, so
+    `learning_rate: 1e-3` was the string '1e-3')."""
     import yaml
 
     return yaml.load(text, Loader=_strict_loader())
@@ -125,4 +128,9 @@ def _strict_loader():
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    StrictLoader.add_implicit_resolver(  # copies the inherited resolvers, SafeLoader keeps its own
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
     return StrictLoader

@@ -36,3 +36,24 @@ def test_check_type_enforces_domain_and_names_it():
     with pytest.raises(ConfigError, match=r"int in \[1, inf\) or null, got 0"):
         check_type(0, optional, "k")
     assert describe_annotation(Annotated[float, Range(gt=0)]) == "float in (0, inf)"
+
+
+def test_integers_past_floats_range_are_domain_errors_not_overflows():
+    huge = 10**400  # `--seed 1000...0` or `--set batch_size=1000...0`
+    assert Range(ge=1).contains(huge) and not Range(ge=1, le=64).contains(huge)
+    with pytest.raises(ConfigError, match=r"layers must be int in \[1, 64\]"):
+        check_type(huge, Annotated[int, Range(ge=1, le=64)], "layers")
+    with pytest.raises(ConfigError, match="learning_rate must be float"):
+        check_type(huge, Annotated[float, Range(gt=0)], "learning_rate")
+
+
+def test_overrides_read_yaml_1_2_floats_and_refuse_repeated_keys():
+    from rearm.experiments.config import parse_override, resolve_config
+
+    assert parse_override("learning_rate=5e-5") == ("learning_rate", 5e-5)
+    config = resolve_config(model="mf", overrides=["learning_rate=1E-3", "weight_decay=2e-4"])
+    assert config.training["learning_rate"] == 1e-3 and config.training["weight_decay"] == 2e-4
+    with pytest.raises(ConfigError, match="key 'image' appears twice"):
+        parse_override("item_modality_weights={image: 0.2, image: 0.8}")
+    with pytest.raises(ConfigError, match=r"patience must be int in \[1, inf\), got 0"):
+        resolve_config(model="mf", overrides=["patience=0"])

@@ -179,8 +179,8 @@ def _start(cache: Path, *argv: str) -> subprocess.Popen:
 
 def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(small_data, tmp_path, run_cli):
     """A real process stopped by SIGTERM at whatever step it is in writes a resume state (the
-    periodic ones are never due here) and still exits 0; resumed, it finishes exactly as the
-    same configuration trained without a stop."""
+    periodic ones are never due here), saves its best epoch and exits 143 (128 + SIGTERM);
+    resumed, it finishes exactly as the same configuration trained without a stop."""
     epochs = "400"
     common = ["--model", "mf", "--data", str(small_data), "--epochs", epochs, "--patience", epochs,
               *FAST, "--set", "resume_every_s=1000000000"]  # fmt: skip
@@ -194,8 +194,9 @@ def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(small_data, tm
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["status"] == "interrupted"
     assert "Traceback" not in stderr
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "interrupted" and (out / "resume.pt").is_file()
@@ -206,6 +207,31 @@ def test_sigterm_saves_a_resume_state_and_the_resumed_run_matches(small_data, tm
     code, _, err = run_cli("train", *common, "--out", tmp_path / "straight")
     assert code == 0, err
     _assert_same_run(tmp_path / "straight", out)
+
+
+def test_a_stop_before_the_first_validation_saves_no_model(
+    small_data, tmp_path, run_cli, monkeypatch
+):
+    """eval_every > 1: a SIGTERM in epoch 2, before any validation, leaves a resume state but
+    no model, as no epoch was ever selected (it used to save the last parameters as 'best
+    epoch 0'); the exit code is 143 like any stop, not the 2 of bad input."""
+    out = tmp_path / "run"
+    original = trainer.TrainStep.__call__
+
+    def stop_in_epoch_two(self, *batch):
+        if (out / "metrics.jsonl").exists():  # written when epoch 1 ended (without validation)
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *batch)
+
+    monkeypatch.setattr(trainer.TrainStep, "__call__", stop_in_epoch_two)
+    code, _, err = run_cli("train", "--model", "mf", "--data", str(small_data), *FAST,
+                           "--epochs", "3", "--set", "eval_every=1000", "--out", out)  # fmt: skip
+    assert code == 143, err
+    assert "interrupted before the first validation (eval_every=1000)" in err
+    assert (out / "resume.pt").is_file()
+    assert not (out / "results.json").exists() and not (out / "model").exists()
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
 
 
 @pytest.fixture

@@ -121,8 +121,19 @@ def _train(args: argparse.Namespace) -> int:
     results = train_run(
         config, args.out, force=args.force, progress=Progress(enabled=not args.quiet)
     )
-    print(json.dumps({k: results[k] for k in ("model", "best_epoch", "epochs_run", "test")}))
-    return 0
+    return _report(results)
+
+
+def _report(results: dict) -> int:
+    """Print the run's summary line; the exit code is 0 for a complete run, 128 + the signal's
+    number for one a signal stopped (its best epoch so far was saved), so that `&&` and
+    schedulers do not take a partly trained run for a finished one."""
+    from rearm.errors import stop_exit_code
+    from rearm.training.guards import last_signal
+
+    keys = ("model", "status", "best_epoch", "epochs_run", "test")
+    print(json.dumps({k: results[k] for k in keys}))
+    return stop_exit_code(last_signal()) if results["interrupted"] else 0
 
 
 # flags of `rearm train` that a resumed run takes from its own config.yaml instead
@@ -162,8 +173,7 @@ def _resume(args: argparse.Namespace) -> int:
     if args.threads is not None:
         set_threads(args.threads)
     results = resume_run(args.resume, device=args.device, progress=Progress(enabled=not args.quiet))
-    print(json.dumps({k: results[k] for k in ("model", "best_epoch", "epochs_run", "test")}))
-    return 0
+    return _report(results)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

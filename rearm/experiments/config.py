@@ -23,7 +23,7 @@ from rearm.models.presets import get_preset
 
 TRAINING_TYPES: dict[str, Any] = {
     "epochs": Annotated[int, Range(ge=1), "most epochs to train"],
-    "patience": Annotated[int, Range(ge=0), "early stop after this many epochs without gain"],
+    "patience": Annotated[int, Range(ge=1), "early stop after this many epochs without gain"],
     "batch_size": Annotated[int, Range(ge=1), "training triples per step"],
     "learning_rate": Annotated[float, Range(gt=0), "AdamW learning rate"],
     "weight_decay": Annotated[float, Range(ge=0), "AdamW weight decay"],
@@ -156,7 +156,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: expected key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as error:  # e.g. a mapping naming a key twice
+        raise ConfigError(f"--set {key}: {str(error).splitlines()[0]}") from None
     except yaml.YAMLError:
         value = raw
     return key, value

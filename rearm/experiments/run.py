@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from rearm.data.dataset import Dataset
-from rearm.errors import RearmError, RunError
+from rearm.errors import RearmError, RunError, StoppedError
 from rearm.experiments.bundle import load_bundle, save_bundle
 from rearm.experiments.config import RunConfig, dump_yaml
 from rearm.experiments.status import (
@@ -403,22 +403,31 @@ def _train_and_write(
             result = _fit_run(
                 config, out, dataset, model, protocol, progress, resume, runs, this, started
             )
-            if result.epochs_run == 0:
+            stopped = result.interrupted or result.diverged
+            if result.epochs_run == 0 or (result.best_epoch == 0 and stopped):
+                # no epoch, or (eval_every > 1) no validation yet: no model was ever selected,
+                # so none is saved as if it had been
                 state = "diverged" if result.diverged else "interrupted"
+                before = (
+                    "the first epoch finished"
+                    if result.epochs_run == 0
+                    else f"the first validation (eval_every={config.training['eval_every']})"
+                )
                 write_status(
                     out,
                     state,
-                    epoch=1,
+                    epoch=result.epochs_run + 1,
                     where=result.diverged,
                     signal=last_signal() or "SIGINT",
-                    note="no epoch finished",
+                    note=f"stopped before {before}",
                 )
                 if result.diverged:
                     raise DivergenceError(result.diverged)
                 hint = resume_hint(out)
-                raise RunError(
-                    f"--out {out}: interrupted before the first epoch finished; "
-                    + (f"no model saved{hint}" if hint else "nothing saved")
+                raise StoppedError(
+                    f"--out {out}: interrupted before {before}; "
+                    + (f"no model saved{hint}" if hint else "nothing saved"),
+                    last_signal(),
                 )
             results = _write_results(config, out, dataset, model, protocol, device, result)
             results["timing"]["graphs_s"] = round(graphs_s, 3)

@@ -158,8 +158,8 @@ class Range:
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return True  # the type check reports wrong types
-        if not math.isfinite(value):
-            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # (an int of any size compares with the bounds exactly)
         return not (
             (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
@@ -264,7 +264,10 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, Any]:
         if isinstance(value, bool):
             return False, value
         if isinstance(value, int | float):
-            return True, float(value)
+            try:
+                return True, float(value)
+            except OverflowError:  # an int past float's range (10**400)
+                return False, value
         return False, value
     if annotation is str:
         return isinstance(value, str), value
