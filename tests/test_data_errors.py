@@ -371,7 +371,7 @@ def test_cli_bad_options(tmp_path, run_cli, args, problem):
 def test_cli_derived_data_refuse_negative_seeds_and_unwritable_folders(tmp_path, run_cli):
     source = tmp_path / "src"
     assert run_cli("data", "synth", "--out", source, "--users", 30, "--items", 20)[0] == 0
-    blocker = tmp_path / "afile"
+    blocker = tmp_path / "a_file"
     blocker.write_text("a file where a folder should be")
     commands = {
         "corrupt": ["--modality", "image", "--fraction", "0.5", "--mode", "shuffle"],
