@@ -24,6 +24,7 @@ from scipy.special import expit
 
 from rearm.analysis.auc import auc
 from rearm.data.dataset import SPLITS
+from rearm.data.synth import check_seed
 from rearm.errors import ConfigError, RunError
 
 HELDOUT_SPLITS = ("valid", "test")
@@ -68,9 +69,7 @@ def sample_heatmap(bundle, users: int = 20, seed: int = 2025, split: str = "test
     eligible = np.flatnonzero(heldout.getnnz(axis=1) > 0)
     if eligible.size == 0:
         raise RunError(f"no user has a {split} item in this bundle: nothing to show")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {seed!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, error=ConfigError))
     chosen = np.sort(rng.choice(eligible, size=min(users, eligible.size), replace=False))
     known = _union(bundle, chosen)
     all_items = np.arange(bundle.num_items)

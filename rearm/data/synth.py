@@ -235,10 +235,10 @@ def make_synthetic(
     return dataset
 
 
-def check_seed(seed, label: str = "--seed") -> int:
-    """`seed` if it is an integer >= 0 (what numpy's generators take), else a DataError."""
+def check_seed(seed, label: str = "--seed", error: type[Exception] = DataError) -> int:
+    """`seed` if it is an integer >= 0 (what numpy's generators take), else `error`."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"{label}: must be an integer >= 0, got {seed!r}")
+        raise error(f"{label}: must be an integer >= 0, got {seed!r}")
     return int(seed)
 
 
