@@ -173,7 +173,19 @@ def csv_empty_train(tmp_path):
 
 def csv_ragged(tmp_path):
     path = _csv(tmp_path / "log.csv", "user,item,split\nu1,a,train\nu2,b\n")
-    return path, {}, [], "log.csv", "malformed table"
+    return path, {}, [], "log.csv", "line 3 has 2 fields, the header has 3"
+
+
+def csv_row_with_an_extra_field(tmp_path):
+    # an unquoted comma in the title shifts user and item one column: refused, not misread
+    text = "title,user,item,split\nBig hat,u1,a,train\nHat, small,u1,b,valid\nCap,u1,c,test\n"
+    path = _csv(tmp_path / "log.csv", text)
+    return path, {}, [], "log.csv", "line 3 has 5 fields, the header has 4"
+
+
+def csv_short_row_covering_the_used_columns(tmp_path):
+    path = _csv(tmp_path / "log.csv", "user,item,split,rating\nu1,a,train,5\nu1,b,valid\n")
+    return path, {}, [], "log.csv", "line 3 has 3 fields, the header has 4"
 
 
 def csv_float_written_id(tmp_path):
@@ -301,6 +313,8 @@ CASES = [
     csv_unknown_split,
     csv_empty_train,
     csv_ragged,
+    csv_row_with_an_extra_field,
+    csv_short_row_covering_the_used_columns,
     csv_float_written_id,
     item_list_duplicate,
     csv_header_only,

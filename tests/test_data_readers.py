@@ -155,6 +155,21 @@ def test_tabular_non_ascii_digit_ids_are_text(tmp_path):
     assert dataset.item_ids.tolist() == sorted(["2", "\u00b2", "\u0663"])
 
 
+def test_tabular_quoted_fields_and_empty_lines_keep_the_columns(tmp_path):
+    # a quoted comma or line break inside a field is one field; empty lines are skipped
+    path = tmp_path / "x.csv"
+    path.write_text(
+        'title,user,item,split\n"Hat, big",u1,a,train\n\n"Cap\nred",u1,b,valid\n'
+        '"say ""hi""",u2,c,test\nShoe,u2,a,train\n',
+        encoding="utf-8",
+    )
+    dataset = load_dataset(path)
+    assert dataset.user_ids.tolist() == ["u1", "u2"]
+    assert dataset.item_ids.tolist() == ["a", "b", "c"]
+    assert split_pairs(dataset, "valid") == {(0, 1)}
+    assert split_pairs(dataset, "test") == {(1, 2)}
+
+
 def test_tabular_folder_convention_and_custom_columns(tmp_path, tiny_pairs, tiny_features):
     user_names, item_names, rows = tabular_rows(tiny_pairs)
     folder = tmp_path / "tab"

@@ -592,6 +592,7 @@ def read_table(
             f"(found {', '.join(map(repr, header))})"
         )
     usecols = [header.index(name) for name in columns]
+    _check_field_counts(path, delimiter, len(header))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
@@ -613,6 +614,33 @@ def read_table(
     if values.shape[0] == 0:
         values = np.empty((0, len(columns)), dtype=str)
     return {name: values[:, position] for position, name in enumerate(columns)}
+
+
+def _check_field_counts(path: Path, delimiter: str, expected: int) -> None:
+    """Refuse a row whose field count differs from the header's.
+
+    np.loadtxt with usecols reads only the asked-for fields, so a row with an unquoted delimiter
+    in an earlier field would silently shift its ids. The csv module reads the same quoting
+    (doubled quotes, delimiters and newlines inside quotes) and skips empty lines as loadtxt does.
+    """
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # long free-text columns (reviews, titles) are fine
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, quotechar='"')
+            next(reader, None)
+            for row in reader:
+                if row and len(row) != expected:
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(row)} fields, the header has "
+                        f"{expected} (an unquoted {delimiter!r} inside a field?)"
+                    )
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text table") from None
+    except csv.Error as error:
+        raise DataError(f"{path}: malformed table ({_first_line(error)})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def read_parquet_features(
