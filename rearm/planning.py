@@ -19,10 +19,11 @@ graph alive next to the new model's copies of the tables), a training step of th
 same plus the copy of the best state that the trainer keeps from the first validation on) and
 validation (the larger of the full forward without gradients and h beside one block of scores,
 plus the best-state copy, which later improvements copy into).
-`Plan.peak_bytes_for(epochs)` is the peak of a run of that many epochs. Seconds per epoch come from a short calibration on this machine
-(`calibrate`): the four kinds of work in one step are timed at a small size and scaled by their
-counts in the real step (dense products by their flops, sparse graph products by nnz x width,
-elementwise passes by node x width, AdamW by parameters).
+`Plan.peak_bytes_for(epochs)` is the peak of a run of that many epochs. Seconds per epoch come
+from a short calibration on this machine (`calibrate`): the kinds of work in one step are timed
+at small sizes and scaled by their counts in the real step (dense products by their flops, sparse
+graph products by nnz x width at the rate measured for a dense operand of their size, elementwise
+passes by node x width, AdamW by parameters).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ IMPORT_BASELINE = 350 << 20
 PLANNED_MODELS = ("rearm",)
 MEMORY_CHECK_VARIABLE = "REARM_MEMORY_LIMIT"
 CALIBRATION_BATCH = 2048
+# Sizes of the dense operand [nodes, width] at which the calibration times a random sparse
+# product: from cache-resident to memory-bound on machines with up to ~64 MB of last-level cache.
+# A size between two rungs is interpolated (log-log).
+CALIBRATION_LADDER_BYTES = (2 << 20, 8 << 20, 32 << 20, 128 << 20)
+# (users, items) of the two small synthetic sets whose real REARM steps the calibration times.
+CALIBRATION_SETS = ((2000, 1000), (16000, 8000))
 
 
 @dataclass(frozen=True)
@@ -642,7 +649,10 @@ class _ShapeView:
 # ---- time ----------------------------------------------------------------------------------
 def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> dict:
     """Seconds per epoch = steps x (dense flops x s/flop + graph nnz x width x s/(nnz col)
-    + node x width elementwise work x s/element + trainable parameters x s/parameter)."""
+    + node x width elementwise work x s/element + trainable parameters x s/parameter + a
+    per-step cost). A sparse product whose dense operand fits in the last-level cache runs
+    several times faster per entry than one that streams from memory, so each graph's rate is
+    read off the calibration's ladder at the size of its own operand (`sparse_rate`)."""
     U, I = shape.num_users, shape.num_items  # noqa: E741
     M, d, r = len(shape.modalities), int(h["embedding_dim"]), int(h["rank"])
     W = (M + 1) * d
@@ -651,24 +661,25 @@ def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> d
     dense = sum(2 * (U + I) * width * d * products for width in widths)
     if not h["no_meta"]:
         dense += 3 * 2 * (U + I) * (M * d * d + 2 * (d * d * r + (d * r) ** 2))
-    sparse = (
-        2
-        * 2
-        * W
-        * (
-            int(h["num_layers"]) * graphs["bipartite"].nnz
-            + int(h["user_homograph_layers"])
-            * (graphs["user_homograph"].nnz if "user_homograph" in graphs else 0)
-            + int(h["item_homograph_layers"])
-            * (graphs["item_homograph"].nnz if "item_homograph" in graphs else 0)
-        )
-    )
-    elementwise = (U + I) * W
+    # one product per layer forward and one (with the transpose) backward, each graph at the
+    # rate of its own dense operand [columns, W]
+    sparse_s = 0.0
+    for name, layers in (
+        ("bipartite", h["num_layers"]),
+        ("user_homograph", h["user_homograph_layers"]),
+        ("item_homograph", h["item_homograph_layers"]),
+    ):
+        graph = graphs.get(name)
+        if graph is None or not int(layers):
+            continue
+        rate = sparse_rate(calibration, 4 * graph.shape[1] * W)
+        sparse_s += 2 * int(layers) * graph.nnz * W * rate
+    node_columns = (U + I) * W
     scale = batch / CALIBRATION_BATCH
     parts = {
         "dense products (feature tables, meta-network)": dense * calibration["dense_s_per_flop"],
-        "sparse graph propagation": sparse * calibration["sparse_s_per_entry_column"],
-        "elementwise passes (attention, norms, activations, losses)": elementwise
+        "sparse graph propagation": sparse_s,
+        "elementwise passes (attention, norms, activations, losses)": node_columns
         * calibration["elementwise_s_per_node_column"],
         "AdamW": trainable * calibration["adamw_s_per_parameter"],
         "per-batch work (sampling, batch losses, gathers)": calibration["batch_s_per_step"] * scale,
@@ -681,20 +692,39 @@ def _epoch_estimate(shape, h, graphs, trainable, steps, batch, calibration) -> d
         "calibration": dict(calibration),
         "model": (
             "per step: dense flops x s/flop + sparse graph nnz x width x s/(entry x column) "
-            "(forward and backward) + (users + items) x width x s/(node x column) for the "
-            "elementwise work, timed on a real REARM step of a small synthetic set + trainable "
+            "(forward and backward; the rate at the size of the product's dense operand) + "
+            "(users + items) x width x s/(node x column) for the elementwise work and a "
+            "per-step cost, both timed on real REARM steps of small synthetic sets + trainable "
             "parameters x s/parameter (fused AdamW)"
         ),
     }
 
 
-def calibrate(*, repeats: int = 2) -> dict[str, float]:
-    """Seconds per unit of each kind of work in a REARM step, timed on this machine at a small
-    size (best of `repeats`; a few tens of CPU-seconds): a dense [n, D] @ [D, 64]
-    product (s per flop), a sparse CSR graph product (s per entry x column), fused AdamW (s per
-    parameter), and two real REARM steps on small synthetic sets 4x apart in nodes, whose time
-    beyond the parts above is split into a per node x column cost (elementwise passes, item
-    attention, meta-network activations) and a per-step cost (the batch's losses and gathers).
+def sparse_rate(calibration: Mapping[str, Any], size: float) -> float:
+    """Seconds per entry x column of a sparse product whose dense operand has `size` bytes:
+    log-log interpolation on the calibration's `sparse_ladder` ([[bytes, seconds], ...]), the
+    end rungs beyond it. A calibration without a ladder has one rate for every size
+    (`sparse_s_per_entry_column`)."""
+    ladder = calibration.get("sparse_ladder")
+    if not ladder:
+        return calibration["sparse_s_per_entry_column"]
+    sizes = np.log([float(rung[0]) for rung in ladder])
+    rates = np.log([float(rung[1]) for rung in ladder])
+    return float(np.exp(np.interp(math.log(max(size, 1.0)), sizes, rates)))
+
+
+def calibrate(*, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per unit of each kind of work in a REARM step, timed on this machine (best of
+    `repeats`; 6-10 s on 2 cores):
+
+    - a dense [n, D] @ [D, 64] product (s per flop) and fused AdamW (s per parameter);
+    - a random sparse CSR product at each size of CALIBRATION_LADDER_BYTES (`sparse_ladder`,
+      s per entry x column): the cost per entry grows several times between a cache-resident
+      dense operand and one that streams from memory, and a plan reads it at its own sizes;
+    - two real REARM steps on small synthetic sets 8x apart in nodes, whose time beyond the
+      dense, sparse and AdamW parts is split into a per node x column cost
+      (`elementwise_s_per_node_column`) and a per-step cost (the batch's losses and gathers).
+
     Timings taken on a busy machine are that machine's: re-run on a quiet one to plan for it."""
     import torch
 
@@ -705,13 +735,25 @@ def calibrate(*, repeats: int = 2) -> dict[str, float]:
     from rearm.training.trainer import make_optimizer
 
     def best(function) -> float:
+        """The fastest of `repeats` samples, each the mean of enough calls to take 50 ms (a
+        single call of a few milliseconds is mostly noise on a shared machine)."""
+        started = time.perf_counter()
         function()
+        calls = max(1, min(10_000, int(0.05 / max(time.perf_counter() - started, 1e-6))))
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
+            for _ in range(calls):
+                function()
+            times.append((time.perf_counter() - started) / calls)
         return min(times)
+
+    # glibc serves a block above its mmap threshold (128 KB at start) with fresh pages, and
+    # raises the threshold to the size of such a block when it is freed (up to 32 MB). A
+    # training process does that within its first step; a fresh `rearm plan` has not, and its
+    # first timings ran 1.5x slow (dense products 1.1e-11 s per flop before one 30 MB block
+    # was freed, 7.7e-12 after). Free one now, so the calibration times the steady state.
+    torch.empty(30 << 20, dtype=torch.uint8).fill_(0)
 
     generator = torch.Generator().manual_seed(0)
     n, width, dim = 16384, 512, 64
@@ -719,38 +761,38 @@ def calibrate(*, repeats: int = 2) -> dict[str, float]:
     weight = torch.randn(dim, width, generator=generator)
     dense_s = best(lambda: table @ weight.t()) / (2 * n * width * dim)
 
-    nodes, per_row, columns = 50_000, 20, 192
-    rng = np.random.default_rng(0)
-    rows = np.repeat(np.arange(nodes), per_row)
-    graph = to_torch(
-        sp.csr_matrix(
-            (
-                rng.random(nodes * per_row, dtype=np.float32),
-                (rows, rng.integers(0, nodes, rows.size)),
-            ),
-            shape=(nodes, nodes),
-        )
-    )
-    x = torch.randn(nodes, columns, generator=generator)
-    entries = graph.values().numel()
-    sparse_s = best(lambda: csr_dense_mm(graph, x)) / (entries * columns)
-
     parameter = torch.nn.Parameter(torch.randn(4_000_000, generator=generator))
     parameter.grad = torch.randn_like(parameter)
     optimizer = make_optimizer([parameter], 1e-3, 0.0)
     adam_s = best(optimizer.step) / parameter.numel()
+    del parameter, optimizer
 
-    partial = {
+    sparse_ladder = []
+    rng = np.random.default_rng(0)
+    per_row, columns = 20, 192
+    for size in CALIBRATION_LADDER_BYTES:
+        nodes = max(size // (4 * columns), 1)
+        rows = np.repeat(np.arange(nodes), per_row)
+        values = rng.random(rows.size, dtype=np.float32)
+        picked = rng.integers(0, nodes, rows.size)
+        graph = to_torch(sp.csr_matrix((values, (rows, picked)), shape=(nodes, nodes)))
+        x = torch.randn(nodes, columns, generator=generator)
+        entries = graph.values().numel() * columns
+        sparse_ladder.append([size, best(lambda g=graph, x=x: csr_dense_mm(g, x)) / entries])
+        del graph, x
+
+    partial: dict[str, Any] = {
         "dense_s_per_flop": dense_s,
-        "sparse_s_per_entry_column": sparse_s,
+        "sparse_s_per_entry_column": sparse_ladder[-1][1],
         "adamw_s_per_parameter": adam_s,
         "elementwise_s_per_node_column": 0.0,
         "batch_s_per_step": 0.0,
+        "sparse_ladder": sparse_ladder,
     }
-    # Two real REARM steps, 4x apart in nodes: what their dense, sparse and AdamW parts do not
+    # Two real REARM steps, 8x apart in nodes: what their dense, sparse and AdamW parts do not
     # explain is split into a per node x column cost and a per-step (batch) cost.
     remainders, sizes = [], []
-    for users, items in ((2000, 1000), (8000, 4000)):
+    for users, items in CALIBRATION_SETS:
         dataset = make_synthetic(users, items, {"image": 128, "text": 64}, seed=0)
         keys = {"user_knn_k": 10, "item_knn_k": 10}
         model = get_model("rearm").from_dataset(dataset, **keys)
@@ -783,7 +825,11 @@ def calibrate(*, repeats: int = 2) -> dict[str, float]:
     partial["elementwise_s_per_node_column"] = per_node
     partial["batch_s_per_step"] = max(remainders[0] - per_node * sizes[0], 0.0)
     partial["threads"] = torch.get_num_threads()
-    return {name: float(f"{value:.4g}") for name, value in partial.items()}
+    result = {
+        name: float(f"{value:.4g}") for name, value in partial.items() if name != "sparse_ladder"
+    }
+    result["sparse_ladder"] = [[size, float(f"{rate:.4g}")] for size, rate in sparse_ladder]
+    return result
 
 
 # ---- the memory check of `rearm train` -------------------------------------------------------

@@ -230,6 +230,81 @@ def test_calibrated_plan_has_seconds_per_epoch(monkeypatch):
     assert frozen.epoch["seconds_per_epoch"] < result.epoch["seconds_per_epoch"]
 
 
+def test_calibration_measures_every_rate(monkeypatch):
+    # the real sizes take about 17 s; the same code at small sizes takes about 2
+    monkeypatch.setattr(planning, "CALIBRATION_LADDER_BYTES", (1 << 16, 1 << 18))
+    monkeypatch.setattr(planning, "CALIBRATION_SETS", ((200, 100), (800, 400)))
+    calibration = planning.calibrate(repeats=1)
+    for key in ("dense_s_per_flop", "sparse_s_per_entry_column", "adamw_s_per_parameter"):
+        assert 0 < calibration[key] < 1e-3, key
+    assert calibration["elementwise_s_per_node_column"] >= 0
+    assert calibration["batch_s_per_step"] >= 0
+    ladder = calibration["sparse_ladder"]
+    assert [rung[0] for rung in ladder] == [1 << 16, 1 << 18]
+    assert all(rate > 0 for _, rate in ladder)
+    assert calibration["sparse_s_per_entry_column"] == ladder[-1][1]
+    json.dumps(calibration)  # what `rearm plan --json` prints
+    shape = planning.synthetic_shape(20000, 7000, 120000, "4096,384")
+    epoch = planning.plan(shape, {}, calibration=calibration).epoch
+    assert epoch["seconds_per_epoch"] > 0
+
+
+def test_sparse_rate_reads_the_ladder_at_the_operand_size():
+    ladder = {"sparse_ladder": [[1e6, 1e-10], [1e9, 1e-9]], "sparse_s_per_entry_column": 1e-9}
+    assert planning.sparse_rate(ladder, 1e6) == pytest.approx(1e-10)
+    assert planning.sparse_rate(ladder, 1e9) == pytest.approx(1e-9)
+    assert planning.sparse_rate(ladder, 10**7.5) == pytest.approx(10**-9.5)  # log-log midpoint
+    assert planning.sparse_rate(ladder, 10.0) == pytest.approx(1e-10)  # the end rungs beyond
+    assert planning.sparse_rate(ladder, 1e12) == pytest.approx(1e-9)
+    assert planning.sparse_rate({"sparse_s_per_entry_column": 3e-10}, 1e6) == 3e-10
+
+
+def test_sparse_part_counts_the_products_of_a_real_step(small, monkeypatch):
+    """The plan's sparse work (one product per layer and graph forward, one backward, each of
+    nnz x width) equals the entries x columns that a real REARM training step multiplies."""
+    from rearm.models import layers
+
+    counted = []
+    for name in ("csr_dense_mm", "csr_dense_mm_add"):
+        original = getattr(layers, name)
+
+        def counting(graph, x, *rest, original=original):
+            counted.append(graph.values().numel() * x.shape[1])
+            return original(graph, x, *rest)
+
+        monkeypatch.setattr(layers, name, counting)
+    model = get_model("rearm").from_dataset(small, **KEYS)
+    model.train()
+    users = torch.arange(64) % small.num_users
+    items = torch.arange(128).reshape(2, 64) % small.num_items
+    sum(model.loss(users, items[0], items[1]).values()).backward()
+
+    graphs = {
+        name: planning.GraphEstimate(name, tuple(graph.shape), graph.values().numel(), False)
+        for name in ("bipartite", "item_homograph", "user_homograph")
+        if (graph := getattr(model, name)) is not None
+    }
+    flat = {
+        "dense_s_per_flop": 0.0,
+        "sparse_s_per_entry_column": 1.0,  # seconds = entries x columns
+        "adamw_s_per_parameter": 0.0,
+        "elementwise_s_per_node_column": 0.0,
+        "batch_s_per_step": 0.0,
+    }
+    estimate = planning._epoch_estimate(
+        planning.data_shape(small),
+        model.validate_hyperparameters(KEYS),
+        graphs,
+        0,
+        1,
+        planning.CALIBRATION_BATCH,
+        flat,
+    )
+    assert estimate["parts_s_per_epoch"]["sparse graph propagation"] == pytest.approx(
+        sum(counted), abs=0.5
+    )
+
+
 def test_train_refuses_when_plan_exceeds_limit(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "data"
     write_rearm_layout(make_synthetic(200, 80, {"image": 16, "text": 8}, seed=1), folder)
