@@ -715,7 +715,7 @@ def sparse_rate(calibration: Mapping[str, Any], size: float) -> float:
 
 def calibrate(*, repeats: int = 3) -> dict[str, Any]:
     """Seconds per unit of each kind of work in a REARM step, timed on this machine (best of
-    `repeats`; 6-10 s on 2 cores):
+    `repeats`; 17-20 s wall on a quiet 2-core machine):
 
     - a dense [n, D] @ [D, 64] product (s per flop) and fused AdamW (s per parameter);
     - a random sparse CSR product at each size of CALIBRATION_LADDER_BYTES (`sparse_ladder`,
