@@ -77,7 +77,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from rearm import planning
     from rearm.data import load_dataset
+    from rearm.errors import RearmError
     from rearm.experiments.config import resolve_config
+
+    # every data set is read (and its preset resolved) before the calibrations: bad input
+    # stops the run at once
+    try:
+        shapes = {
+            path: (
+                resolve_config(model="rearm", data=path, preset=preset),
+                planning.data_shape(load_dataset(path)),
+            )
+            for path, preset in args.data
+        }
+    except RearmError as error:
+        print(f"plan_time.py: error: {error}", file=sys.stderr)
+        return 2
 
     calibrations = []
     for number in range(args.calibrations):
@@ -89,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for path, preset in args.data:
-        config = resolve_config(model="rearm", data=path, preset=preset)
-        shape = planning.data_shape(load_dataset(path))
+        config, shape = shapes[path]
         plans = [
             planning.plan(
                 shape, config.hyperparameters, config.training, model="rearm", calibration=c

@@ -190,6 +190,30 @@ def test_training_benchmark_reports_the_ratio_on_tiny_data():
 
 
 @pytest.mark.slow
+def test_plan_time_benchmark_plans_and_measures_a_tiny_set(tmp_path):
+    from rearm.data.synth import make_synthetic, write_rearm_layout
+
+    write_rearm_layout(make_synthetic(300, 120, {"image": 16, "text": 8}, seed=1), tmp_path / "d")
+    out = tmp_path / "plan_time.json"
+    spec = f"{tmp_path / 'd'}:synthetic"
+    _run_script(
+        "benchmarks/plan_time.py",
+        "--data",
+        spec,
+        "--calibrations",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    )
+    (row,) = json.loads(out.read_text())["data"].values()
+    (planned,) = row["planned_s_per_step"]
+    assert planned > 0 and row["measured"]["s_per_step"] > 0
+    assert row["planned_over_measured"] == [round(planned / row["measured"]["s_per_step"], 3)]
+
+
+@pytest.mark.slow
 def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
     _run_script("benchmarks/gpu_throughput.py", "--smoke", "--out", str(tmp_path), timeout=900)
     report = json.loads((tmp_path / "gpu_throughput.json").read_text())
@@ -217,6 +241,13 @@ def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
             "--kill-epoch 3 is after the last epoch (2)",
         ),
         ("benchmarks/resume_check.py", ["--data", "no/such/data"], "no/such/data"),
+        ("benchmarks/plan_time.py", ["--data", "no/such/data:baby"], "no/such/data: no such"),
+        ("benchmarks/plan_time.py", ["--data", "data"], "expected PATH:PRESET, got 'data'"),
+        (
+            "benchmarks/plan_time.py",
+            ["--data", "x:baby", "--steps", "0"],
+            "--calibrations and --steps must be >= 1",
+        ),
     ],
 )
 def test_benchmark_scripts_refuse_bad_values_in_one_line(script, args, message):
