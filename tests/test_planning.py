@@ -249,6 +249,23 @@ def test_calibration_measures_every_rate(monkeypatch):
     assert epoch["seconds_per_epoch"] > 0
 
 
+def test_plan_cli_says_it_is_timing_and_prints_the_estimate(capsys, monkeypatch):
+    calibration = {
+        "dense_s_per_flop": 1e-11,
+        "sparse_s_per_entry_column": 1e-9,
+        "adamw_s_per_parameter": 1e-9,
+        "elementwise_s_per_node_column": 1e-8,
+        "batch_s_per_step": 0.01,
+        "sparse_ladder": [[1 << 20, 1e-10], [1 << 27, 1e-9]],
+    }
+    monkeypatch.setattr(planning, "calibrate", lambda: calibration)
+    assert main(["plan", "--synthetic", "20000", "7000", "120000", "4096,384"]) == 0
+    captured = capsys.readouterr()
+    assert "timing this machine" in captured.err and "--no-time skips it" in captured.err
+    assert "s per epoch on this machine" in captured.out
+    assert "sparse graph propagation" in captured.out
+
+
 def test_sparse_rate_reads_the_ladder_at_the_operand_size():
     ladder = {"sparse_ladder": [[1e6, 1e-10], [1e9, 1e-9]], "sparse_s_per_entry_column": 1e-9}
     assert planning.sparse_rate(ladder, 1e6) == pytest.approx(1e-10)

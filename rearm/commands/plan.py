@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
 from rearm.commands.options import add_config_arguments, config_from_args
 from rearm.errors import ConfigError
@@ -74,7 +75,14 @@ def _plan(args: argparse.Namespace) -> int:
 
         config = config_from_args(args, model=args.model or "rearm")
         shape = planning.data_shape(load_run_data(config.data))
-    calibration = None if args.no_time else planning.calibrate()
+    calibration = None
+    if not args.no_time:
+        print(
+            "timing this machine for the time estimate (about 20 s; --no-time skips it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        calibration = planning.calibrate()
     result = planning.plan(
         shape,
         config.hyperparameters,
