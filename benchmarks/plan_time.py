@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calibrations < 1 or args.steps < 1:
         parser.error("--calibrations and --steps must be >= 1")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"--out {args.out}: its folder does not exist")
 
     from rearm import planning
     from rearm.data import load_dataset

@@ -248,6 +248,11 @@ def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
             ["--data", "x:baby", "--steps", "0"],
             "--calibrations and --steps must be >= 1",
         ),
+        (
+            "benchmarks/plan_time.py",
+            ["--data", "x:baby", "--out", "no/such/folder/t.json"],
+            "--out no/such/folder/t.json: its folder does not exist",
+        ),
     ],
 )
 def test_benchmark_scripts_refuse_bad_values_in_one_line(script, args, message):
