@@ -335,10 +335,16 @@ def test_per_user_file_matches_results(study):
 
 def test_second_identical_call_trains_nothing(study, data_dir, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in study.glob("runs/*/results.json")}
+    seconds = {
+        c["key"]: c["seconds"] for c in json.loads((study / "study.json").read_text())["cells"]
+    }
     result = _study(["run", _spec(tmp_path, data_dir), "--out", study, "--jobs", "2"])
     assert result.returncode == 0, result.stderr
     assert "4 complete, 0 to run" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in study.glob("runs/*/results.json")} == before
+    # the skipped cells keep the training time the first call recorded
+    cells = json.loads((study / "study.json").read_text())["cells"]
+    assert {c["key"]: c["seconds"] for c in cells} == seconds and all(c["skipped"] for c in cells)
 
 
 def test_report_statistics_and_valid_only_choice(study, run_cli, tmp_path):

@@ -115,6 +115,37 @@ def test_unknown_modality_is_named_before_anything_runs(tmp_path, run_cli, data_
     assert not list((tmp_path / "s").glob("runs/*"))
 
 
+def test_each_copy_is_derived_once_and_a_matching_folder_is_read_not_derived(
+    data_dir, tmp_path, monkeypatch
+):
+    from rearm.studies import derive
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["fraction"])
+        return corrupt_features(*args, **kwargs)
+
+    monkeypatch.setattr(derive, "corrupt_features", counted)
+    content = {"data": str(data_dir), "model": "mf", "seeds": 1}
+    content["corruption"] = {"modality": "image", "mode": "noise", "fractions": [0.25, 0.75]}
+    spec = spec_from_dict(content, "spec")
+    out = tmp_path / "study"
+    derivation = derive.derive_corrupted(spec, out, lambda _: None)
+    assert calls == [0.25, 0.75] and not out.exists()  # derived in memory, nothing written
+    in_memory = {f: d.fingerprint() for f, d in derivation.datasets.items()}
+    derive.write_derived(derivation, lambda _: None)
+    assert not derivation.pending and calls == [0.25, 0.75]  # written, not derived again
+    assert {f: d.fingerprint() for f, d in derivation.datasets.items()} == in_memory
+    # a second study over the same folder reads both copies; a changed one is derived anew
+    stale = Path(next(iter(in_memory)))
+    np.save(stale / "image_feat.npy", np.zeros_like(np.load(stale / "image_feat.npy")))
+    again = derive.derive_corrupted(spec, out, lambda _: None)
+    assert calls == [0.25, 0.75, 0.25] and list(again.pending) == [str(stale)]
+    derive.write_derived(again, lambda _: None)
+    assert load_dataset(stale).fingerprint() == in_memory[str(stale)]
+
+
 # ---------------------------------------------------------------------------------------------
 # A small corruption study that trains (VBPR: it uses the image features; 1 epoch)
 

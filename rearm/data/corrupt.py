@@ -142,6 +142,13 @@ def corrupt_dataset(
     derived, manifest = corrupt_features(
         dataset, modality, fraction, mode, seed, swap_with=swap_with
     )
+    return write_corrupted(dataset, derived, manifest, out)
+
+
+def write_corrupted(dataset: Dataset, derived: Dataset, manifest: dict, out: Path) -> dict:
+    """Write `derived` and `manifest` (as `corrupt_features` returned them for `dataset`) to the
+    missing or empty folder `out`, built aside and renamed into place; returns the full
+    manifest (with source and output fingerprints)."""
     manifest = {
         "version": _VERSION,
         "source": {

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from rearm.data.corrupt import MANIFEST, corrupt_dataset, corrupt_features
+from rearm.data.corrupt import MANIFEST, corrupt_features, write_corrupted
 from rearm.data.dataset import Dataset
 from rearm.errors import DataError
 from rearm.studies.spec import StudySpec, data_label
@@ -26,69 +26,93 @@ def derived_name(source: str | None, corruption: dict, fraction: float) -> str:
     return f"{data_label(source)}-{corruption['mode']}-{corruption['modality']}-{fraction:g}"
 
 
-def derive_corrupted(
-    spec: StudySpec, out: Path, line: Callable[[str], None], *, write: bool = True
-) -> tuple[StudySpec, dict[str, Dataset], dict[str, dict]]:
-    """(spec with `data` = the derived folders, {folder: Dataset} for fingerprinting,
-    {folder: {source, fraction, modality, mode, seed}} for study.json). `write=False` (a dry
-    run) derives in memory only. A synthetic-default source keeps its "synthetic" preset."""
+@dataclasses.dataclass
+class Derivation:
+    """The copies a corruption study reads: `spec` with `data` = the derived folders,
+    `datasets` {folder: Dataset} for fingerprinting, `meta` {folder: {source,
+    source_fingerprint, fraction, modality, mode, seed}} for study.json, and `pending`
+    {folder: (source Dataset, derived Dataset, manifest)}: the copies derived in memory that
+    `write_derived` still has to write (folders that already hold a matching copy are read, not
+    derived again)."""
+
+    spec: StudySpec
+    datasets: dict[str, Dataset]
+    meta: dict[str, dict]
+    pending: dict[str, tuple[Dataset, Dataset, dict]]
+
+
+def derive_corrupted(spec: StudySpec, out: Path, line: Callable[[str], None]) -> Derivation:
+    """Every copy of `spec`'s corruption entry, derived once, in memory: nothing is written, so
+    the caller can check the whole study before `write_derived` writes the copies. A
+    synthetic-default source keeps its "synthetic" preset."""
     from rearm.experiments.run import load_run_data
     from rearm.models.presets import SYNTHETIC_PRESET
 
     corruption = spec.corruption or {}
     folders: list[str] = []
     datasets: dict[str, Dataset] = {}
-    derived: dict[str, dict] = {}
+    meta: dict[str, dict] = {}
+    pending: dict[str, tuple[Dataset, Dataset, dict]] = {}
     for source in spec.data:
         line(f"reading {source or 'the synthetic default data set'}")
         dataset = load_run_data(source)
         fingerprint = dataset.fingerprint()
         for fraction in corruption["fractions"]:
-            folder = out.resolve() / DATA_DIR / derived_name(source, corruption, fraction)
+            folder = str(out.resolve() / DATA_DIR / derived_name(source, corruption, fraction))
             request = {
                 "modality": corruption["modality"],
                 "mode": corruption["mode"],
                 "fraction": fraction,
                 "seed": corruption["seed"],
             }
-            where = f"corruption of {source or 'the synthetic default'} at {fraction:g}"
-            try:
-                if not write:
-                    result, _ = corrupt_features(dataset, **request)
-                elif _reusable(folder, fingerprint, request):
-                    result = load_run_data(str(folder))
-                else:
-                    if folder.exists():
-                        shutil.rmtree(folder)
-                    line(f"deriving {folder} ({request['mode']} {request['modality']})")
-                    corrupt_dataset(dataset, folder, **request)
-                    result = load_run_data(str(folder))
-            except DataError as error:
-                raise DataError(f"study {spec.name}: {where}: {error}") from None
-            folders.append(str(folder))
-            datasets[str(folder)] = result
-            derived[str(folder)] = {"source": source, "source_fingerprint": fingerprint, **request}
+            reused = _reusable(Path(folder), fingerprint, request)
+            if reused is None:
+                where = f"corruption of {source or 'the synthetic default'} at {fraction:g}"
+                try:
+                    result, manifest = corrupt_features(dataset, **request)
+                except DataError as error:
+                    raise DataError(f"study {spec.name}: {where}: {error}") from None
+                pending[folder] = (dataset, result, manifest)
+            folders.append(folder)
+            datasets[folder] = reused if reused is not None else result
+            meta[folder] = {"source": source, "source_fingerprint": fingerprint, **request}
     preset = spec.preset
     if preset is None and all(source is None for source in spec.data):
         preset = SYNTHETIC_PRESET
     spec = dataclasses.replace(spec, data=tuple(folders), preset=preset)
-    return spec, datasets, derived
+    return Derivation(spec, datasets, meta, pending)
 
 
-def _reusable(folder: Path, fingerprint: str, request: dict) -> bool:
-    """The folder's manifest records this source and request (its content is checked by the
-    caller's fingerprint against the manifest's output fingerprint)."""
+def write_derived(derivation: Derivation, line: Callable[[str], None]) -> None:
+    """Write the pending copies of `derivation` (a stale folder of the study is replaced) and
+    read each back, so the cells are fingerprinted from what they will read."""
+    from rearm.experiments.run import load_run_data
+
+    for folder, (dataset, result, manifest) in derivation.pending.items():
+        path = Path(folder)
+        if path.exists():
+            shutil.rmtree(path)
+        line(f"deriving {folder} ({manifest['mode']} {manifest['modality']})")
+        write_corrupted(dataset, result, manifest, path)
+        derivation.datasets[folder] = load_run_data(folder)
+    derivation.pending.clear()
+
+
+def _reusable(folder: Path, fingerprint: str, request: dict) -> Dataset | None:
+    """The folder's copy when its manifest records this source and request and its content
+    still has the manifest's output fingerprint; None otherwise."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return None
     if manifest.get("source", {}).get("fingerprint") != fingerprint:
-        return False
+        return None
     if any(manifest.get(key) != value for key, value in request.items()):
-        return False
+        return None
     from rearm.experiments.run import load_run_data
 
     try:
-        return load_run_data(str(folder)).fingerprint() == manifest["output"]["fingerprint"]
+        dataset = load_run_data(str(folder))
+        return dataset if dataset.fingerprint() == manifest["output"]["fingerprint"] else None
     except (DataError, KeyError, TypeError):
-        return False
+        return None

@@ -227,11 +227,15 @@ def _check_local_device(device: str) -> None:
             )
 
 
-def prepare_study_dir(out: Path) -> None:
+def prepare_study_dir(out: Path) -> dict | None:
+    """Make `out`'s runs/ and logs/ folders; returns its study.json's content (None for a new
+    study). A damaged record, or a non-empty folder without one, stops the run before it
+    writes."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
+    existing = None
     if (out / STUDY_FILE).exists():
-        read_study_record(out / STUDY_FILE)  # a damaged record stops the run before it writes
+        existing = read_study_record(out / STUDY_FILE)
     ours = {"runs", "logs", "data"}  # what an interrupted first invocation may have made
     if (
         out.is_dir()
@@ -241,6 +245,7 @@ def prepare_study_dir(out: Path) -> None:
         raise RunError(f"--out {out}: directory is not empty and holds no study.json")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
+    return existing
 
 
 # Runs at once when --jobs is not given, from measured aggregate throughput of REARM on Baby.
@@ -307,17 +312,22 @@ def run_study(
     jobs = jobs or default_jobs(devices)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
-    loaded, derived = None, {}
+    loaded, derived, existing, prepared = None, {}, None, False
     if spec.corruption:
-        from rearm.studies.derive import derive_corrupted
+        from rearm.studies.derive import derive_corrupted, write_derived
 
-        if not dry_run:
+        derivation = derive_corrupted(spec, out, line)
+        if not dry_run and derivation.pending:
             # the whole spec is checked in memory first: a bad modality, fraction or row value
             # stops the study before it writes a folder or a derived data set
-            checked, datasets, _ = derive_corrupted(spec, out, line, write=False)
-            expand_cells(checked, data_fingerprints(checked, line, datasets), where=where)
-            prepare_study_dir(out)
-        spec, loaded, derived = derive_corrupted(spec, out, line, write=not dry_run)
+            expand_cells(
+                derivation.spec,
+                data_fingerprints(derivation.spec, line, derivation.datasets),
+                where=where,
+            )
+            existing, prepared = prepare_study_dir(out), True
+            write_derived(derivation, line)
+        spec, loaded, derived = derivation.spec, derivation.datasets, derivation.meta
     fingerprints = data_fingerprints(spec, line, loaded)
     rows, cells = expand_cells(spec, fingerprints, where=where)
     unique: dict[str, Cell] = {}
@@ -330,10 +340,11 @@ def run_study(
             line(f"{cell.dirname}  {rows[cell.row].label}  seed {cell.seed}")
         line(f"{len(rows)} rows x {len(spec.seeds)} seeds: {len(unique)} runs")
         return {"rows": len(rows), "runs": len(unique)}
-    prepare_study_dir(out)
+    if not prepared:
+        existing = prepare_study_dir(out)
     record = StudyRecord(out, spec, rows, cells)
     record.derived = derived
-    previous = _previous_state(out)
+    previous = _previous_state(existing)
     tasks: list[Task] = []
     for key, cell in unique.items():
         run_dir = out / "runs" / cell.dirname
@@ -407,11 +418,9 @@ def run_study(
     return json.loads((out / STUDY_FILE).read_text())
 
 
-def _previous_state(out: Path) -> dict[str, dict]:
+def _previous_state(content: dict | None) -> dict[str, dict]:
     """Timings of cells recorded by an earlier invocation (kept for skipped cells)."""
-    try:
-        content = read_study_record(out / STUDY_FILE)
-    except FileNotFoundError:
+    if content is None:
         return {}
     return {
         c["key"]: {k: c[k] for k in ("seconds",) if k in c}
