@@ -213,14 +213,18 @@ def test_plan_cli_json_and_text(capsys, tmp_path):
     assert "user_homograph" in out and "peak of training" in out
 
 
+# rates of a made-up machine, for plans whose arithmetic the tests check
+FIXED_CALIBRATION = {
+    "dense_s_per_flop": 1e-11,
+    "sparse_s_per_entry_column": 1e-9,
+    "adamw_s_per_parameter": 1e-9,
+    "elementwise_s_per_node_column": 1e-8,
+    "batch_s_per_step": 0.01,
+}
+
+
 def test_calibrated_plan_has_seconds_per_epoch(monkeypatch):
-    calibration = {
-        "dense_s_per_flop": 1e-11,
-        "sparse_s_per_entry_column": 1e-9,
-        "adamw_s_per_parameter": 1e-9,
-        "elementwise_s_per_node_column": 1e-8,
-        "batch_s_per_step": 0.01,
-    }
+    calibration = dict(FIXED_CALIBRATION)
     shape = planning.synthetic_shape(20000, 7000, 120000, "4096,384")
     result = planning.plan(shape, {}, calibration=calibration)
     assert result.steps_per_epoch == 59
@@ -251,11 +255,7 @@ def test_calibration_measures_every_rate(monkeypatch):
 
 def test_plan_cli_says_it_is_timing_and_prints_the_estimate(capsys, monkeypatch):
     calibration = {
-        "dense_s_per_flop": 1e-11,
-        "sparse_s_per_entry_column": 1e-9,
-        "adamw_s_per_parameter": 1e-9,
-        "elementwise_s_per_node_column": 1e-8,
-        "batch_s_per_step": 0.01,
+        **FIXED_CALIBRATION,
         "sparse_ladder": [[1 << 20, 1e-10], [1 << 27, 1e-9]],
     }
     monkeypatch.setattr(planning, "calibrate", lambda: calibration)
