@@ -189,6 +189,22 @@ def test_training_benchmark_reports_the_ratio_on_tiny_data():
     assert sum(part["share"] for part in report["profile"].values()) == pytest.approx(1, abs=0.01)
 
 
+def test_unique_benchmark_times_both_ways_and_loads_the_data(tmp_path):
+    from rearm.data import load_dataset
+    from rearm.data.synth import make_synthetic, write_rearm_layout
+
+    write_rearm_layout(make_synthetic(300, 120, {"image": 8}, seed=1), tmp_path / "d")
+    out = tmp_path / "unique.json"
+    args = ["--size", "2000", "--repeats", "1", "--data", str(tmp_path / "d"), "--out", str(out)]
+    printed = json.loads(_run_script("benchmarks/unique.py", *args))
+    assert json.loads(out.read_text()) == printed
+    for part in ("unique_int64", "unique_str", "union_int64"):
+        assert printed[part]["numpy_s"] > 0 and printed[part]["rearm_s"] > 0
+    (load,) = printed["load"].values()
+    dataset = load_dataset(tmp_path / "d")
+    assert load["interactions"] == sum(dataset.split(n).nnz for n in ("train", "valid", "test"))
+
+
 @pytest.mark.slow
 def test_plan_time_benchmark_plans_and_measures_a_tiny_set(tmp_path):
     from rearm.data.synth import make_synthetic, write_rearm_layout
@@ -242,6 +258,8 @@ def test_gpu_throughput_script_smoke_on_the_cpu(tmp_path):
         ),
         ("benchmarks/resume_check.py", ["--data", "no/such/data"], "no/such/data"),
         ("benchmarks/plan_time.py", ["--data", "no/such/data:baby"], "no/such/data: no such"),
+        ("benchmarks/unique.py", ["--data", "no/such/data"], "--data no/such/data: no such folder"),
+        ("benchmarks/unique.py", ["--repeats", "0"], "--size must be >= 2 and --repeats >= 1"),
         ("benchmarks/plan_time.py", ["--data", "data"], "expected PATH:PRESET, got 'data'"),
         (
             "benchmarks/plan_time.py",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
+from rearm.arrays import sorted_union, sorted_unique
 from rearm.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -169,12 +170,12 @@ class Dataset:
         for name in SPLITS:
             users, items = arrays[name]
             keys = users.astype(np.int64) * num_items + items.astype(np.int64)
-            unique = np.unique(keys)
+            unique = sorted_unique(keys)
             notes["duplicates_within_split"][name] = int(len(keys) - len(unique))
             repeated = np.isin(unique, seen_keys, assume_unique=True)
             notes["repeated_across_splits"][name] = int(repeated.sum())
             unique = unique[~repeated]
-            seen_keys = np.union1d(seen_keys, unique)
+            seen_keys = sorted_union(seen_keys, unique)
             matrices[name] = _csr_from_keys(unique, num_users, num_items)
 
         train_users = np.diff(matrices["train"].indptr) > 0

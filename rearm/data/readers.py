@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.lib.format as npy_format
 
+from rearm.arrays import sorted_unique
 from rearm.data.dataset import SPLITS, Dataset
 from rearm.errors import DataError
 
@@ -342,7 +343,7 @@ def read_tabular(
     missing = item_index < 0
     if missing.any():
         first = str(item_values[missing][0])
-        count = len(np.unique(item_values[missing]))
+        count = len(sorted_unique(item_values[missing]))
         problem = "has no features" if feature_paths else "is missing from the item list"
         raise DataError(
             f"{table_path}: column {item_col!r}: item {first!r} {problem} (not in {item_list}; "
@@ -441,7 +442,7 @@ def ascii_digits(values: np.ndarray) -> np.ndarray:
 
 def _sorted_ids(values: np.ndarray) -> np.ndarray:
     """Unique ids in a deterministic order: numeric when all are non-negative integers."""
-    unique = np.unique(values.astype(str))
+    unique = sorted_unique(values.astype(str))
     # Up to 18 digits fit int64; lexsort by (value, string) keeps "7" vs "007" in a fixed order.
     if len(unique) and ascii_digits(unique).all() and np.char.str_len(unique).max() < 19:
         unique = unique[np.lexsort((unique, unique.astype(np.int64)))]

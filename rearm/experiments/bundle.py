@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from rearm.arrays import sorted_unique
 from rearm.data.dataset import SPLITS
 from rearm.errors import RunError, UnknownItemError, UnknownUserError
 from rearm.io import atomic_open, file_sha256, write_json
@@ -165,7 +166,7 @@ class Bundle:
         """A new user's item ids -> their distinct indices, sorted; RunError if there are none."""
         if not item_ids:
             raise RunError("items: give at least one item id to fold in a new user")
-        return np.unique(self.item_index(item_ids))
+        return sorted_unique(self.item_index(item_ids))
 
     def _fold_in_index(self, index: np.ndarray) -> np.ndarray:
         """`fold_in` of distinct, sorted item indices."""
@@ -190,7 +191,7 @@ class Bundle:
         vector = self._fold_in_index(left_out)
         if exclude:
             left_out = np.concatenate([left_out, self.item_index(exclude)])
-        return self.top_k(vector[None], k, exclude=np.unique(left_out))[0]
+        return self.top_k(vector[None], k, exclude=sorted_unique(left_out))[0]
 
     def top_k(
         self,

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from rearm.arrays import sorted_difference
 from rearm.data.dataset import Dataset
 from rearm.errors import ColdStartError, DataError, RunError
 from rearm.experiments.bundle import BUNDLE_DIR, Bundle, load_bundle
@@ -616,7 +617,7 @@ def cold_users_protocol(
     dataset = dataset if dataset is not None else load_run_data(config.data)
     protocol = get_protocol(config.protocol)
     cold = draw_cold_users(dataset, fraction, config.seed)
-    warm = np.setdiff1d(np.arange(dataset.num_users), cold)
+    warm = sorted_difference(np.arange(dataset.num_users), cold)
     progress.line(
         f"cold users: {len(cold)} of {dataset.num_users} users held out (seed {config.seed}); "
         f"training {config.model} on the other {len(warm)}"
@@ -656,7 +657,7 @@ def evaluate_cold_users(
     and the same fold-in (fold-in quality without coldness). Reads the run's bundle only."""
     say = progress.line if progress is not None else (lambda text: None)
     bundle = load_bundle(run_dir)
-    warm = np.setdiff1d(np.arange(dataset.num_users), cold)
+    warm = sorted_difference(np.arange(dataset.num_users), cold)
     if bundle.num_users != len(warm) or bundle.num_items != dataset.num_items:
         raise ColdStartError(f"{run_dir}: was not trained on these {len(warm)} users")
     inverse = shared_inverse(item_gram(bundle.item_repr))
@@ -763,7 +764,7 @@ def cold_items_protocol(
     _prepare_out(out, force, reuse)
     protocol = get_protocol(config.protocol)
     cold = draw_cold_items(dataset, fraction, config.seed)
-    kept = np.setdiff1d(np.arange(dataset.num_items), cold)
+    kept = sorted_difference(np.arange(dataset.num_items), cold)
     progress.line(
         f"cold items: {len(cold)} of {dataset.num_items} items hidden from training "
         f"(seed {config.seed}); training {config.model} on the other {len(kept)}"
@@ -830,7 +831,7 @@ def evaluate_cold_items(
     from rearm.models import get_model
 
     say = progress.line if progress is not None else (lambda text: None)
-    kept = np.setdiff1d(np.arange(dataset.num_items), cold)
+    kept = sorted_difference(np.arange(dataset.num_items), cold)
     warm_items = subset_items(dataset, kept)
     bundle = load_bundle(run_dir)
     if bundle.num_items != len(kept) or bundle.num_users != dataset.num_users:

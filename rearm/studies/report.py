@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rearm.arrays import sorted_intersect
 from rearm.errors import RunError
 from rearm.io import atomic_open, write_json
 from rearm.studies.engine import STUDY_FILE, cell_complete, read_study_record
@@ -77,7 +78,7 @@ def _per_user_mean(runs: list[Path], split: str, metric: str) -> tuple[np.ndarra
             tables.append((data[f"{split}_users"], data[f"{split}_{metric}"]))
     users = tables[0][0]
     for other, _ in tables[1:]:
-        users = np.intersect1d(users, other)
+        users = sorted_intersect(users, other)
     values = [vals[np.searchsorted(u, users)] for u, vals in tables]
     return users, np.mean(values, axis=0)
 
@@ -89,7 +90,7 @@ def paired_test(
     each averaged over its seeds, on the users both evaluate."""
     users, values = _per_user_mean(runs, split, metric)
     ref_users, ref_values = _per_user_mean(reference_runs, split, metric)
-    common = np.intersect1d(users, ref_users)
+    common = sorted_intersect(users, ref_users)
     return wilcoxon_signed_rank(
         values[np.searchsorted(users, common)], ref_values[np.searchsorted(ref_users, common)]
     )
@@ -212,14 +213,14 @@ def _drop_test(runs: list[list[Path]], reference_runs: list[list[Path]], metric:
     for first, last in (runs, reference_runs):
         users_first, values_first = _per_user_mean(first, "test", metric)
         users_last, values_last = _per_user_mean(last, "test", metric)
-        common = np.intersect1d(users_first, users_last)
+        common = sorted_intersect(users_first, users_last)
         drop = (
             values_first[np.searchsorted(users_first, common)]
             - values_last[np.searchsorted(users_last, common)]
         )
         drops.append((common, drop))
     (users, drop), (ref_users, ref_drop) = drops
-    common = np.intersect1d(users, ref_users)
+    common = sorted_intersect(users, ref_users)
     difference = drop[np.searchsorted(users, common)] - ref_drop[np.searchsorted(ref_users, common)]
     return float(difference.mean()), wilcoxon_signed_rank(difference)[1]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import rearm
+from rearm.arrays import sorted_unique
 from rearm.data.dataset import SPLITS
 from rearm.data.describe import describe
 from rearm.data.output import check_output_folder, output_folder
@@ -203,8 +204,8 @@ def _write_mapping(path: Path, id_column: str, index_column: str, ids: np.ndarra
 def _count(step: str, users: np.ndarray, items: np.ndarray) -> dict:
     return {
         "filter": step,
-        "users": int(len(np.unique(users))),
-        "items": int(len(np.unique(items))),
+        "users": int(len(sorted_unique(users))),
+        "items": int(len(sorted_unique(items))),
         "interactions": int(len(users)),
     }
 

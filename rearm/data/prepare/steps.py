@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rearm.arrays import sorted_unique
 from rearm.errors import DataError
 
 
@@ -48,8 +49,8 @@ def k_core(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, li
                 {
                     "round": round_,
                     "filter": f"{side} with >= {k} interactions",
-                    "users": int(len(np.unique(user_codes[keep]))),
-                    "items": int(len(np.unique(item_codes[keep]))),
+                    "users": int(len(sorted_unique(user_codes[keep]))),
+                    "items": int(len(sorted_unique(item_codes[keep]))),
                     "interactions": int(keep.sum()),
                 }
             )
