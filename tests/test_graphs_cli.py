@@ -110,6 +110,25 @@ def test_export_graphs_python_api(tmp_path):
     assert all(entry["seconds"] >= 0 for entry in manifest["graphs"].values())
 
 
+def test_files_are_stored_uncompressed_unless_asked(data_dir, tmp_path, capsys):
+    import zipfile
+
+    base = ["graphs", "--data", str(data_dir), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--compress", "--out", str(tmp_path / "zipped")]) == 0
+    capsys.readouterr()
+    plain, zipped = load_all(tmp_path / "plain"), load_all(tmp_path / "zipped")
+    assert set(plain) == set(zipped) == set(GRAPH_FILES)
+    for name, file in GRAPH_FILES.items():
+        assert (plain[name] != zipped[name]).nnz == 0
+        for folder, method in (("plain", zipfile.ZIP_STORED), ("zipped", zipfile.ZIP_DEFLATED)):
+            with zipfile.ZipFile(tmp_path / folder / file) as archive:
+                assert {member.compress_type for member in archive.infolist()} == {method}
+    for folder, compressed in (("plain", False), ("zipped", True)):
+        manifest = json.loads((tmp_path / folder / "graphs.json").read_text())
+        assert manifest["compressed"] is compressed
+
+
 def error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rearm: error: "), err

@@ -23,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--force", action="store_true", help="replace graphs already in --out")
     parser.add_argument("--no-cache", action="store_true", help="build without the graph cache")
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="zip-compress the .npz files (about 40%% smaller, written about 50x slower)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(handler=_graphs)
@@ -38,6 +43,7 @@ def _graphs(args: argparse.Namespace) -> int:
         args.out,
         force=args.force,
         use_cache=not args.no_cache,
+        compressed=args.compress,
         progress=Progress(enabled=not args.quiet),
     )
     if args.json:
