@@ -3,11 +3,12 @@
 numpy 2.3 and later answer a plain `np.unique(a)` of integers or strings (no index, inverse or
 counts asked for) with a hash set and sort the result. On the 2-core AMD EPYC of this project's
 measurements (numpy 2.4.6, `benchmarks/unique.py`) that took 2.57 s for 2 million int64 keys
-where a sort took 0.039 s, and 2.13 s for 2 million short strings against 0.47 s;
-`np.union1d`, `np.intersect1d`, `np.setdiff1d` and `np.isin` without `assume_unique` go through it too. Loading a data set does
-this once per split: 10.5 s against 0.45 s for the 2.6 million interactions of 10x Clothing. The functions here give the
-same results as numpy's through a sort, for every numpy version; other dtypes (floats, whose
-NaNs np.unique merges, and objects) go to numpy as they are.
+where a sort took 0.039 s, and 2.13 s for 2 million short strings against 0.47 s; `np.union1d`,
+`np.intersect1d`, `np.setdiff1d` and `np.isin` without `assume_unique` go through it too.
+Loading a data set does this once per split: 10.5 s against 0.45 s for the 2.6 million
+interactions of 10x Clothing. The functions here give the same results as numpy's through a
+sort, for every numpy version; other dtypes (floats, whose NaNs np.unique merges, and objects)
+go to numpy as they are.
 """
 
 from __future__ import annotations

@@ -84,17 +84,15 @@ def derive_corrupted(spec: StudySpec, out: Path, line: Callable[[str], None]) ->
 
 
 def write_derived(derivation: Derivation, line: Callable[[str], None]) -> None:
-    """Write the pending copies of `derivation` (a stale folder of the study is replaced) and
-    read each back, so the cells are fingerprinted from what they will read."""
-    from rearm.experiments.run import load_run_data
-
+    """Write the pending copies of `derivation` (a stale folder of the study is replaced). The
+    copies in `derivation.datasets` stay the in-memory ones: the layout round-trips exactly, so
+    their fingerprints are those of the folders written (the manifest records the same)."""
     for folder, (dataset, result, manifest) in derivation.pending.items():
         path = Path(folder)
         if path.exists():
             shutil.rmtree(path)
         line(f"deriving {folder} ({manifest['mode']} {manifest['modality']})")
         write_corrupted(dataset, result, manifest, path)
-        derivation.datasets[folder] = load_run_data(folder)
     derivation.pending.clear()
 
 

@@ -312,21 +312,13 @@ def run_study(
     jobs = jobs or default_jobs(devices)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
 
-    loaded, derived, existing, prepared = None, {}, None, False
+    loaded, derived, derivation = None, {}, None
     if spec.corruption:
-        from rearm.studies.derive import derive_corrupted, write_derived
+        from rearm.studies.derive import derive_corrupted
 
+        # the copies are derived in memory: the whole spec (a bad modality, fraction or row
+        # value) is checked below before a folder or a derived data set is written
         derivation = derive_corrupted(spec, out, line)
-        if not dry_run and derivation.pending:
-            # the whole spec is checked in memory first: a bad modality, fraction or row value
-            # stops the study before it writes a folder or a derived data set
-            expand_cells(
-                derivation.spec,
-                data_fingerprints(derivation.spec, line, derivation.datasets),
-                where=where,
-            )
-            existing, prepared = prepare_study_dir(out), True
-            write_derived(derivation, line)
         spec, loaded, derived = derivation.spec, derivation.datasets, derivation.meta
     fingerprints = data_fingerprints(spec, line, loaded)
     rows, cells = expand_cells(spec, fingerprints, where=where)
@@ -340,8 +332,11 @@ def run_study(
             line(f"{cell.dirname}  {rows[cell.row].label}  seed {cell.seed}")
         line(f"{len(rows)} rows x {len(spec.seeds)} seeds: {len(unique)} runs")
         return {"rows": len(rows), "runs": len(unique)}
-    if not prepared:
-        existing = prepare_study_dir(out)
+    existing = prepare_study_dir(out)
+    if derivation is not None:
+        from rearm.studies.derive import write_derived
+
+        write_derived(derivation, line)
     record = StudyRecord(out, spec, rows, cells)
     record.derived = derived
     previous = _previous_state(existing)
